@@ -1,0 +1,91 @@
+"""Validation of run configs: one clear error naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import ml_collections
+
+from fedjax_med.data.partition import PARTITIONERS
+from fedjax_med.data.pipeline import BATCH_MODES
+from fedjax_med.engine.aggregation import SERVER_OPTIMIZERS
+from fedjax_med.engine.execution import STRATEGIES, WEIGHTINGS
+from fedjax_med.tasks import TASKS
+
+CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
+NONFINITE_POLICIES = ("skip", "stop")
+
+CHOICES: dict[str, tuple] = {
+    "task.name": TASKS,
+    "partition.method": PARTITIONERS,
+    "data.batch_mode": BATCH_MODES,
+    "data.loader": ("device", "grain"),
+    "client.optimizer": CLIENT_OPTIMIZERS,
+    "server.optimizer": SERVER_OPTIMIZERS,
+    "aggregation.weighting": WEIGHTINGS,
+    "aggregation.nonfinite": NONFINITE_POLICIES,
+    "execution.strategy": STRATEGIES + ("auto",),
+    "algorithm.batch_stats": ("average", "local"),
+}
+POSITIVE = ("num_rounds", "client.batch_size", "client.learning_rate", "partition.num_clients", "eval.every",
+            "eval.batch_size", "checkpoint.every", "checkpoint.keep")
+NON_NEGATIVE = ("client.local_steps", "client.local_epochs", "aggregation.clients_per_round", "algorithm.prox_mu",
+                "client.weight_decay", "server.learning_rate")
+# Keys that may change between a run and its resumption without changing its results.
+RESUMABLE_CHANGES = ("num_rounds", "overwrite", "execution", "eval", "log", "checkpoint")
+
+
+class ConfigError(ValueError):
+  """A config key has a value that is not allowed."""
+
+
+def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(f"config key {dotted!r} is missing; this config has {sorted(node.keys())} at that level")
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first key whose value is not allowed."""
+  for key, allowed in CHOICES.items():
+    value = get(config, key)
+    if value not in allowed:
+      close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ConfigError(f"config.{key}={value!r} is not allowed; allowed: {list(allowed)}.{hint}")
+  for key in POSITIVE:
+    if not get(config, key) > 0:
+      raise ConfigError(f"config.{key} must be > 0; got {get(config, key)!r}")
+  for key in NON_NEGATIVE:
+    if not get(config, key) >= 0:
+      raise ConfigError(f"config.{key} must be >= 0; got {get(config, key)!r}")
+  if (config.client.local_steps > 0) == (config.client.local_epochs > 0):
+    raise ConfigError("exactly one of config.client.local_steps and config.client.local_epochs must be > 0; got "
+                      f"local_steps={config.client.local_steps}, local_epochs={config.client.local_epochs}")
+  if config.partition.only_client >= config.partition.num_clients:
+    raise ConfigError(f"config.partition.only_client={config.partition.only_client} must be < "
+                      f"partition.num_clients={config.partition.num_clients} (or -1 for all clients)")
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The part of the config that determines results (what a resumed run must share)."""
+  as_dict = json.loads(config.to_json_best_effort())
+  return {k: v for k, v in as_dict.items() if k not in RESUMABLE_CHANGES}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+  """Dotted keys whose values differ between two nested dicts."""
+  keys = sorted(set(old) | set(new))
+  out = []
+  for k in keys:
+    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += differences(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return out

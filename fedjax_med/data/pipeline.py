@@ -1,0 +1,154 @@
+"""Device-resident client data and the batch functions that sample it inside the jitted round.
+
+Each cohort's training data is stacked as ``[num_clients, max_count, ...]`` (padded
+per client, uint8 to keep it small) and lives on the device; batch functions turn
+per-step indices into a float batch, augmenting on device from PRNG keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_med.data.format import PreparedDataset
+from fedjax_med.engine.execution import CohortData, LocalPlan
+from fedjax_med.engine.sampling import num_epochs_needed
+
+TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles")
+BATCH_MODES = ("images", "patches")
+
+
+def stack_clients(datasets: Sequence[PreparedDataset], keys: Sequence[str] = TRAIN_KEYS) -> dict[str, np.ndarray]:
+  """Stacks the clients' arrays along a new axis 0, zero-padded to the largest client."""
+  present = [k for k in keys if all(d.has(k) for d in datasets)]
+  max_count = max(len(d) for d in datasets)
+  stacked = {}
+  for key in present:
+    first = datasets[0].arrays[key]
+    out = np.zeros((len(datasets), max_count) + first.shape[1:], first.dtype)
+    for i, d in enumerate(datasets):
+      out[i, : len(d)] = d.arrays[key]
+    stacked[key] = out
+  return stacked
+
+
+def cohort_data(datasets: Sequence[PreparedDataset], client_ids: Sequence[int], batch_size: int,
+                local_steps: int, local_epochs: float) -> tuple[CohortData, LocalPlan]:
+  """Builds a cohort's device data and its static local plan.
+
+  Exactly one of ``local_steps`` (> 0) and ``local_epochs`` (> 0) is used: with
+  epochs, client i takes ``ceil(local_epochs * count_i / batch_size)`` steps.
+  """
+  counts = np.array([len(d) for d in datasets], np.int32)
+  if counts.min() == 0:
+    raise ValueError(f"clients {[client_ids[i] for i in np.flatnonzero(counts == 0)]} hold no training data")
+  if local_epochs > 0:
+    steps = np.array([math.ceil(local_epochs * c / batch_size) for c in counts], np.int32)
+  else:
+    steps = np.full(len(counts), local_steps, np.int32)
+  num_steps = int(steps.max())
+  plan = LocalPlan(num_steps=num_steps, batch_size=batch_size,
+                   num_epochs=num_epochs_needed(num_steps, batch_size, int(counts.min())),
+                   max_count=int(counts.max()), ragged=bool((steps != num_steps).any()))
+  arrays = {k: jnp.asarray(v) for k, v in stack_clients(datasets).items()}
+  data = CohortData(arrays, jnp.asarray(counts), jnp.asarray(np.asarray(client_ids, np.int32)), jnp.asarray(steps))
+  return data, plan
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """uint8 ``[..., C]`` -> float32 ``(x / 255 - mean) / std`` per channel."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _targets(arrays: Mapping[str, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:
+  batch = {}
+  if "labels" in arrays:
+    batch["labels"] = arrays["labels"][idx].astype(jnp.int32)
+  if "masks" in arrays:
+    batch["masks"] = arrays["masks"][idx].astype(jnp.int32)
+  if "scribbles" in arrays:
+    batch["scribbles"] = arrays["scribbles"][idx].astype(jnp.int32)
+  return batch
+
+
+def random_flips(key: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Flips each example horizontally and vertically with probability 1/2; masks move with images."""
+  batch_size = batch["images"].shape[0]
+  flips = jax.random.bernoulli(key, 0.5, (2, batch_size))
+
+  def flip(x, axis, which):
+    shape = (batch_size,) + (1,) * (x.ndim - 1)
+    return jnp.where(which.reshape(shape), jnp.flip(x, axis=axis), x)
+
+  out = {}
+  for name, x in batch.items():
+    if x.ndim >= 3:  # [B, H, W, ...]
+      x = flip(flip(x, 1, flips[0]), 2, flips[1])
+    out[name] = x
+  return out
+
+
+def image_batch_fn(mean: Sequence[float], std: Sequence[float], flips: bool) -> Callable:
+  """Whole examples: ``batch = {images [B,H,W,C] float, labels?, masks?, weights [B,H,W]}``."""
+
+  def batch_fn(arrays, idx, key):
+    images = arrays["images"][idx]
+    batch = {"images": images, **_targets(arrays, idx)}
+    batch["weights"] = (arrays["fov"][idx] if "fov" in arrays else jnp.ones(images.shape[:3], jnp.uint8))
+    if flips:
+      batch = random_flips(key, batch)
+    batch["images"] = normalize(batch["images"], mean, std)
+    batch["weights"] = batch["weights"].astype(jnp.float32)
+    return batch
+
+  return batch_fn
+
+
+def patch_batch_fn(patch_size: int, mean: Sequence[float], std: Sequence[float], flips: bool) -> Callable:
+  """Random ``patch_size`` crops of random images (e.g. DRIVE vessels); fov crops become pixel weights."""
+
+  def batch_fn(arrays, idx, key):
+    key_crop, key_flip = jax.random.split(key)
+    height, width = arrays["images"].shape[1:3]
+    corners = jax.random.randint(key_crop, (idx.shape[0], 2), 0,
+                                 jnp.array([height - patch_size + 1, width - patch_size + 1]))
+
+    def crop(x, i, corner):
+      start = (i, corner[0], corner[1]) + (0,) * (x.ndim - 3)
+      size = (1, patch_size, patch_size) + x.shape[3:]
+      return jax.lax.dynamic_slice(x, start, size)[0]
+
+    batch = {}
+    for name in ("images", "labels", "masks", "fov", "scribbles"):
+      if name not in arrays:
+        continue
+      if name == "labels":
+        batch[name] = arrays[name][idx].astype(jnp.int32)
+      else:
+        batch[name] = jax.vmap(crop, in_axes=(None, 0, 0))(arrays[name], idx, corners)
+    batch["weights"] = batch.pop("fov") if "fov" in batch else jnp.ones(batch["images"].shape[:3], jnp.uint8)
+    if flips:
+      batch = random_flips(key_flip, batch)
+    for name in ("masks", "scribbles"):
+      if name in batch:
+        batch[name] = batch[name].astype(jnp.int32)
+    batch["images"] = normalize(batch["images"], mean, std)
+    batch["weights"] = batch["weights"].astype(jnp.float32)
+    return batch
+
+  return batch_fn
+
+
+def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int = 0):
+  if mode == "images":
+    return image_batch_fn(mean, std, flips)
+  if mode == "patches":
+    if patch_size <= 0:
+      raise ValueError(f"data.batch_mode='patches' needs data.patch_size > 0; got {patch_size=}")
+    return patch_batch_fn(patch_size, mean, std, flips)
+  raise ValueError(f"unknown data.batch_mode {mode!r}; allowed: {BATCH_MODES}")

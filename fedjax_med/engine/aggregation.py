@@ -1,0 +1,97 @@
+"""Aggregation as functional transforms over stacked client pytrees.
+
+Every function here takes leaves with a leading client axis ``[num_clients, ...]``
+and is jittable. Weights are float32 ``[num_clients]``; a zero weight removes a
+client from the aggregate (non-finite updates, padding clients, non-participants).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from fedjax_med.engine.types import ClientResults, PyTree
+
+SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+
+
+def weighted_sum(tree: PyTree, weights: jax.Array) -> PyTree:
+  """Sum over the client axis of ``weights[i] * tree[i]``; zero-weight NaNs do not leak."""
+
+  def reduce(leaf):
+    w = weights.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
+    return jnp.sum(jnp.where(w > 0, leaf * w, 0), axis=0)
+
+  return jax.tree.map(reduce, tree)
+
+
+def weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
+  """Weighted mean over the client axis; all-zero weights give zeros, not NaN."""
+  total = jnp.sum(weights)
+  safe = jnp.where(total > 0, total, 1.0)
+  return jax.tree.map(lambda s: s / safe.astype(s.dtype), weighted_sum(tree, weights))
+
+
+def pooled_mean(results: Mapping[str, ClientResults], key: str) -> tuple[PyTree, jax.Array]:
+  """Weighted mean of ``messages[key]`` over every cohort that sends it.
+
+  Returns:
+    (mean, total_weight); the mean is zeros when the total weight is zero.
+  """
+  sums, total = None, jnp.zeros((), jnp.float32)
+  for result in results.values():
+    if key not in result.messages:
+      continue
+    part = weighted_sum(result.messages[key], result.weights)
+    sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    total = total + jnp.sum(result.weights)
+  if sums is None:
+    raise ValueError(f"no cohort sends message {key!r}; sent: {[sorted(r.messages) for r in results.values()]}")
+  safe = jnp.where(total > 0, total, 1.0)
+  return jax.tree.map(lambda s: s / safe.astype(s.dtype), sums), total
+
+
+def is_finite(tree: PyTree) -> jax.Array:
+  """Per client, whether every leaf is finite: bool ``[num_clients]``."""
+  flags = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(flags), axis=0) if flags else jnp.ones((), bool)
+
+
+def server_optimizer(name: str, learning_rate: float, momentum: float = 0.0, b1: float = 0.9, b2: float = 0.99,
+                     eps: float = 1e-3) -> optax.GradientTransformation:
+  """The server optimizer applied to the pseudo-gradient ``global - mean(local)``.
+
+  ``sgd`` with lr 1 and no momentum is FedAvg; ``adam``/``yogi``/``adagrad`` are
+  FedAdam/FedYogi/FedAdagrad (Reddi et al., "Adaptive Federated Optimization",
+  ICLR 2021, Alg. 2; their default ``eps`` = 1e-3 is the adaptivity tau).
+  """
+  if name == "sgd":
+    return optax.sgd(learning_rate, momentum=momentum or None)
+  if name == "adam":
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+  if name == "yogi":
+    return optax.yogi(learning_rate, b1=b1, b2=b2, eps=eps)
+  if name == "adagrad":
+    return optax.adagrad(learning_rate, eps=eps)
+  raise ValueError(f"unknown server optimizer {name!r}; allowed: {SERVER_OPTIMIZERS}")
+
+
+def path_mask(variables: PyTree, pattern: str) -> PyTree:
+  """Bool pytree: True where the '/'-joined path of a leaf matches the regex ``pattern``.
+
+  An empty pattern matches nothing. Used to keep chosen parameters local
+  (personalised heads, FedBN's normalisation layers).
+  """
+  regex = re.compile(pattern) if pattern else None
+  flat = traverse_util.flatten_dict(variables, sep="/")
+  return traverse_util.unflatten_dict({k: bool(regex and regex.search(k)) for k in flat}, sep="/")
+
+
+def select(mask: PyTree, if_true: PyTree, if_false: PyTree) -> PyTree:
+  """Leaf-wise choice by a static bool mask (no arithmetic, so exact)."""
+  return jax.tree.map(lambda m, a, b: a if m else b, mask, if_true, if_false)

@@ -1,0 +1,232 @@
+"""How a round is lowered: the client axis and the local-step loop.
+
+One round = local update of the selected clients of every cohort -> finiteness
+check -> weighted aggregation -> server update. The per-client computation is the
+same function in every strategy; only its lowering differs:
+
+* ``vmap``: the selected clients of a cohort as one vmapped program (the
+  accelerator path: one program over stacked client pytrees).
+* ``unrolled``: the clients unrolled one after another inside one jitted program.
+* ``sequential``: one jitted per-client program called from Python per client,
+  then one jitted aggregation.
+
+On XLA:CPU vmapping conv weights lowers to grouped convolutions that run ~4x
+slower than a loop, and a conv inside a ``lax.scan`` body runs ~20x slower than
+unrolled (measured, see the project's cpu-performance notes; jax issue #12868),
+hence the choice, and local steps run in a ``lax.scan`` whose ``unroll`` is a
+setting. Keys are ``fold_in(fold_in(rng, round), client_id)`` so that every
+strategy, participation order and resumption sees the same random numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_med.engine import aggregation, sampling
+from fedjax_med.engine.types import Batch, ClientResults, CohortSpec, FederatedAlgorithm, PyTree, ServerState
+
+STRATEGIES = ("vmap", "unrolled", "sequential")
+WEIGHTINGS = ("num_examples", "uniform")
+
+BatchFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], Batch]
+
+
+class CohortData(NamedTuple):
+  """The device-resident training data of one cohort.
+
+  Attributes:
+    arrays: name -> ``[num_clients, max_count, ...]`` (padded per client).
+    counts: int32 ``[num_clients]`` real examples per client.
+    client_ids: int32 ``[num_clients]`` global client ids (used for keys).
+    steps: int32 ``[num_clients]`` local steps of each client this round (equal
+      to ``LocalPlan.num_steps`` unless local epochs are used).
+  """
+
+  arrays: Mapping[str, jax.Array]
+  counts: jax.Array
+  client_ids: jax.Array
+  steps: jax.Array
+
+
+class LocalPlan(NamedTuple):
+  """Static shape of a cohort's local update.
+
+  Attributes:
+    num_steps: steps of the longest client (the scan length).
+    batch_size: examples per step.
+    num_epochs: permutations of the data drawn per round (``sampling.num_epochs_needed``).
+    max_count: size of the padded example axis.
+    ragged: whether some clients take fewer steps (local epochs); their extra
+      steps are masked out.
+    streamed: the data arrays already hold this round's batches in order
+      (``[num_clients, num_steps * batch_size, ...]`` from the grain path), so
+      step s reads rows ``[s * batch_size, (s + 1) * batch_size)``.
+  """
+
+  num_steps: int
+  batch_size: int
+  num_epochs: int
+  max_count: int
+  ragged: bool
+  streamed: bool = False
+
+
+class RoundReport(NamedTuple):
+  """Per-participant diagnostics of one round, per cohort (host arrays)."""
+
+  client_ids: Mapping[str, np.ndarray]
+  finite: Mapping[str, np.ndarray]
+  metrics: Mapping[str, Mapping[str, np.ndarray]]
+  server_metrics: Mapping[str, np.ndarray]
+
+
+def client_key(server_state: ServerState, client_id: jax.Array) -> jax.Array:
+  """The PRNG key of one client in the current round."""
+  return jax.random.fold_in(jax.random.fold_in(server_state.rng, server_state.round), client_id)
+
+
+def make_client_round(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan, unroll: int | bool) -> Callable:
+  """Builds ``client_round(server_state, client_state, arrays, count, steps, client_id)``.
+
+  Returns ``(client_state, message, metrics)`` for ONE client; metrics are the
+  step metrics averaged over the active steps plus ``finish``'s metrics.
+  """
+
+  def client_round(server_state, client_state, arrays, count, steps, client_id):
+    key_start, key_index, key_loop = jax.random.split(client_key(server_state, client_id), 3)
+    if plan.streamed:
+      indices = jnp.arange(plan.num_steps * plan.batch_size).reshape(plan.num_steps, plan.batch_size)
+    else:
+      indices = sampling.sample_indices(
+          key_index, count, plan.max_count, plan.num_steps, plan.batch_size, plan.num_epochs)
+    local = spec.start(server_state, client_state, key_start)
+
+    def body(local, step):
+      key_batch, key_step = jax.random.split(jax.random.fold_in(key_loop, step))
+      new_local, metrics = spec.step(local, batch_fn(arrays, indices[step], key_batch), key_step)
+      if plan.ragged:
+        active = step < steps
+        new_local = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_local, local)
+      return new_local, metrics
+
+    local, step_metrics = jax.lax.scan(body, local, jnp.arange(plan.num_steps), unroll=unroll)
+    active = (jnp.arange(plan.num_steps) < steps).astype(jnp.float32)
+    mean = lambda m: jnp.sum(m * active) / jnp.maximum(jnp.sum(active), 1.0)
+    metrics = {k: mean(v) for k, v in step_metrics.items()}
+    client_state, message, final_metrics = spec.finish(server_state, client_state, local)
+    return client_state, message, {**metrics, **final_metrics, "local_steps": jnp.sum(active)}
+
+  return client_round
+
+
+def _take(tree: PyTree, index) -> PyTree:
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def _stack(trees: list[PyTree]) -> PyTree:
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+class RoundRunner:
+  """Runs rounds of one algorithm with one execution strategy.
+
+  Call it as ``runner(server_state, client_states, data, selection)`` where
+  ``client_states`` and ``data`` map cohort names to stacked pytrees /
+  :class:`CohortData`, and ``selection`` maps cohort names to int32 arrays of the
+  participating clients' positions in the cohort (a fixed length per cohort).
+  Returns ``(server_state, client_states, RoundReport)``.
+  """
+
+  def __init__(self, algorithm: FederatedAlgorithm, batch_fns: Mapping[str, BatchFn],
+               plans: Mapping[str, LocalPlan], *, strategy: str, unroll: int | bool, weighting: str):
+    if strategy not in STRATEGIES:
+      raise ValueError(f"unknown execution strategy {strategy!r}; allowed: {STRATEGIES}")
+    if weighting not in WEIGHTINGS:
+      raise ValueError(f"unknown aggregation weighting {weighting!r}; allowed: {WEIGHTINGS}")
+    self.algorithm, self.strategy, self.weighting = algorithm, strategy, weighting
+    self.client_rounds = {
+        name: make_client_round(spec, batch_fns[name], plans[name], unroll)
+        for name, spec in algorithm.cohorts.items()}
+    self._round = jax.jit(self._whole_round)
+    self._one_client = {name: jax.jit(self._one_client_fn(name)) for name in algorithm.cohorts}
+    self._finalize = jax.jit(self._finalize_round)
+
+  def __call__(self, server_state, client_states, data, selection):
+    selection = {k: jnp.asarray(v, jnp.int32) for k, v in selection.items()}
+    if self.strategy == "sequential":
+      outputs = {name: self._sequential_cohort(name, server_state, client_states, data, sel)
+                 for name, sel in selection.items()}
+      result = self._finalize(server_state, client_states, data, selection, outputs)
+    else:
+      result = self._round(server_state, client_states, data, selection)
+    server_state, client_states, report = result
+    return server_state, client_states, jax.device_get(report)
+
+  # -- local updates -------------------------------------------------------------------------------------------------
+  def _cohort_inputs(self, data: CohortData, sel):
+    return _take(data.arrays, sel), data.counts[sel], data.steps[sel], data.client_ids[sel]
+
+  def _whole_round(self, server_state, client_states, data, selection):
+    outputs = {}
+    for name, sel in selection.items():
+      states, (arrays, counts, steps, ids) = _take(client_states[name], sel), self._cohort_inputs(data[name], sel)
+      fn = self.client_rounds[name]
+      if self.strategy == "vmap":
+        outputs[name] = jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0))(server_state, states, arrays, counts, steps, ids)
+      else:
+        per_client = [fn(server_state, _take(states, i), _take(arrays, i), counts[i], steps[i], ids[i])
+                      for i in range(sel.shape[0])]
+        outputs[name] = _stack(per_client)
+    return self._finalize_round(server_state, client_states, data, selection, outputs)
+
+  def _one_client_fn(self, name: str):
+    fn = self.client_rounds[name]
+
+    def one_client(server_state, states, data: CohortData, index):
+      return fn(server_state, _take(states, index), _take(data.arrays, index), data.counts[index],
+                data.steps[index], data.client_ids[index])
+
+    return one_client
+
+  def _sequential_cohort(self, name, server_state, client_states, data, sel):
+    per_client = [self._one_client[name](server_state, client_states[name], data[name], index)
+                  for index in np.asarray(sel)]
+    return _stack(per_client)
+
+  # -- aggregation and server update ------------------------------------------------------------------------------
+  def _finalize_round(self, server_state, client_states, data, selection, outputs):
+    results, new_states, report_metrics, finite_flags, ids = {}, dict(client_states), {}, {}, {}
+    for name, (states, messages, metrics) in outputs.items():
+      sel, cohort = selection[name], data[name]
+      finite = aggregation.is_finite(messages) & aggregation.is_finite(states)
+      base = cohort.counts[sel].astype(jnp.float32) if self.weighting == "num_examples" else jnp.ones(sel.shape)
+      results[name] = ClientResults(messages, jnp.where(finite, base, 0.0), cohort.client_ids[sel])
+      new_states[name] = _scatter_finite(client_states[name], states, sel, finite)
+      report_metrics[name], finite_flags[name], ids[name] = metrics, finite, cohort.client_ids[sel]
+    new_server, server_metrics = self.algorithm.server_update(server_state, results)
+    new_server = new_server.replace(round=server_state.round + 1)
+    return new_server, new_states, RoundReport(ids, finite_flags, report_metrics, server_metrics)
+
+
+def _scatter_finite(all_states: PyTree, new_states: PyTree, sel: jax.Array, finite: jax.Array) -> PyTree:
+  """Writes the participants' new states back; a non-finite client keeps its old state."""
+
+  def scatter(old, new):
+    keep = finite.reshape((-1,) + (1,) * (new.ndim - 1))
+    return old.at[sel].set(jnp.where(keep, new, old[sel]))
+
+  return jax.tree.map(scatter, all_states, new_states)
+
+
+def default_unroll(backend: str) -> int | bool:
+  """Full unrolling of the local-step scan on CPU (trap 1 in the CPU notes), a rolled scan elsewhere."""
+  return True if backend == "cpu" else 1
+
+
+def describe(strategy: str, unroll: Any) -> str:
+  return f"{strategy} (local-step scan unroll={unroll})"

@@ -1,0 +1,67 @@
+"""Evaluation of a model on a held-out split: batched jitted prediction, metrics on the host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_med import metrics
+from fedjax_med.data.format import PreparedDataset
+from fedjax_med.data.pipeline import normalize
+
+
+def make_predict(predict_fn: Callable, mean: Sequence[float], std: Sequence[float], pad_multiple: int) -> Callable:
+  """jitted ``(variables, uint8 images [B,H,W,C]) -> probabilities``, padding H, W to ``pad_multiple``."""
+
+  @jax.jit
+  def predict(variables, images):
+    height, width = images.shape[1:3]
+    pad_h, pad_w = (-height) % pad_multiple, (-width) % pad_multiple
+    x = normalize(images, mean, std)
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    probs = predict_fn(variables, x)
+    return probs[:, :height, :width] if probs.ndim == 4 else probs
+
+  return predict
+
+
+def predict_all(predict: Callable, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Predictions for every row; the last batch is padded so that one program serves all batches."""
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+    outputs.append(np.asarray(predict(variables, padded))[: len(chunk)])
+  return np.concatenate(outputs)
+
+
+def classification_report(probs: np.ndarray, dataset: PreparedDataset, num_classes: int) -> dict[str, float]:
+  labels = dataset.arrays["labels"]
+  return metrics.classification_metrics(probs, labels, num_classes)
+
+
+def segmentation_report(probs: np.ndarray, dataset: PreparedDataset, hd95: bool = False) -> dict[str, float]:
+  """Dice / IoU per foreground class (mean over images whose ground truth is non-empty), inside the FOV if any.
+
+  For binary tasks also the pixel AUROC of the foreground probability inside the FOV.
+  """
+  num_classes = probs.shape[-1]
+  masks = dataset.arrays["masks"].astype(np.int64)
+  region = dataset.arrays["fov"].astype(bool) if dataset.has("fov") else None
+  pred = probs.argmax(-1)
+  dice, iou, valid = metrics.dice_iou(pred, masks, num_classes, region=region)
+  report = {"dice": float(metrics.reduce_metric(dice, valid, "mean")),
+            "iou": float(metrics.reduce_metric(iou, valid, "mean"))}
+  if num_classes > 2:
+    per_class = metrics.reduce_metric(dice, valid, "mean_per_class")
+    report.update({f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)})
+  if num_classes == 2:
+    inside = region if region is not None else np.ones(masks.shape, bool)
+    report["auroc"] = float(metrics.binary_auroc(probs[..., 1][inside], masks[inside]))
+  if hd95:
+    distances = metrics.hd95_per_class(pred, masks, num_classes)
+    report["hd95"] = float(np.nanmean(distances)) if np.isfinite(distances).any() else float("nan")
+  return report

@@ -1,0 +1,176 @@
+"""Builds a run from its config: data, partition, model, task, algorithm, device data, initial state."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fedjax_med import models, tasks
+from fedjax_med.algorithms import get_algorithm
+from fedjax_med.data import partition, tfds_source
+from fedjax_med.data.format import PreparedDataset
+from fedjax_med.data.pipeline import TRAIN_KEYS, cohort_data, make_batch_fn
+from fedjax_med.data.sources import load_dataset
+from fedjax_med.data.streaming import RowSource, StreamedCohort
+from fedjax_med.engine.execution import CohortData, LocalPlan
+from fedjax_med.engine.types import FederatedAlgorithm, PyTree, ServerState
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs, built once from the config."""
+
+  config: ml_collections.ConfigDict
+  meta: dict
+  client_datasets: list  # PreparedDataset per client (or lazy sources for TFDS)
+  eval_dataset: PreparedDataset
+  cohorts: dict[str, list[int]]          # cohort -> global client ids
+  model: object
+  task: tasks.Task
+  variables: PyTree
+  algorithm: FederatedAlgorithm
+  data: dict[str, CohortData]
+  plans: dict[str, LocalPlan]
+  batch_fns: dict[str, Callable]
+  streamed: dict[str, StreamedCohort] = dataclasses.field(default_factory=dict)
+
+  def data_for_round(self, round_num: int) -> dict[str, CohortData]:
+    """The cohorts' data: device-resident, or this round's batches read through grain."""
+    return {name: self.streamed[name].data_for_round(round_num) if name in self.streamed else self.data[name]
+            for name in self.cohorts}
+
+
+def select_channels(dataset: PreparedDataset, channels: tuple[int, ...]) -> PreparedDataset:
+  if not channels:
+    return dataset
+  arrays = dict(dataset.arrays)
+  arrays["images"] = arrays["images"][..., list(channels)]
+  return PreparedDataset(arrays, dataset.meta)
+
+
+def partition_rows(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed: int) -> np.ndarray:
+  """``client_of_row`` for the training rows by ``cfg.method`` (see data/partition.py)."""
+  group = train.arrays["group"]
+  if cfg.method == "iid":
+    return partition.iid(group, cfg.num_clients, seed)
+  if cfg.method == "dirichlet":
+    return partition.dirichlet(train.arrays["labels"], group, cfg.num_clients, cfg.alpha, seed)
+  if cfg.method == "column":
+    if cfg.column not in train.arrays:
+      raise ValueError(f"config.partition.column={cfg.column!r} is not a column of the dataset; "
+                       f"columns: {sorted(train.arrays)}")
+    return partition.by_column(train.arrays[cfg.column], group, tuple(cfg.clients))
+  return partition.pooled(len(train))
+
+
+def client_datasets(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed: int) -> list[PreparedDataset]:
+  """The training data of each client, labels hidden (-1) outside the labeled rows."""
+  client_of_row = partition_rows(train, cfg, seed)
+  num_clients = int(client_of_row.max()) + 1
+  if cfg.method != "pooled" and num_clients != cfg.num_clients and cfg.method != "column":
+    raise ValueError(f"partition produced {num_clients} clients, config.partition.num_clients={cfg.num_clients}")
+  if train.has("labels") and (cfg.labeled_clients or cfg.labeled_fraction < 1.0):
+    keep = partition.labeled_mask(client_of_row, train.arrays["group"], tuple(cfg.labeled_clients),
+                                  cfg.labeled_fraction, seed)
+    arrays = dict(train.arrays)
+    arrays["labels"] = np.where(keep, arrays["labels"], -1).astype(np.int32)
+    train = PreparedDataset(arrays, train.meta)
+  clients = [train.select(client_of_row == c) for c in range(num_clients)]
+  if cfg.only_client >= 0:  # "each site alone" baseline: one client with that site's data
+    clients = [clients[cfg.only_client]]
+  return clients
+
+
+def build_task(config: ml_collections.ConfigDict, model) -> tasks.Task:
+  if config.task.name == "classification":
+    return tasks.classification(model)
+  return tasks.segmentation(model, dice_weight=config.task.dice_weight, ce_weight=config.task.ce_weight)
+
+
+def tfds_clients(config: ml_collections.ConfigDict):
+  """A local TFDS dataset: lazy per-client sources (iid over rows) and the evaluation split in memory."""
+  cfg = config.data.tfds
+  if config.data.loader != "grain":
+    raise ValueError("config.data.name='tfds' reads through grain: set config.data.loader='grain'")
+  source = tfds_source.TfdsSource(cfg.name, cfg.train_split, cfg.data_dir, cfg.image_key, cfg.label_key,
+                                  cfg.mask_key)
+  rows = np.arange(len(source))
+  client_of_row = partition.iid(rows.astype(str), config.partition.num_clients, config.seed)
+  clients = [tfds_source.Subset(source, rows[client_of_row == c]) for c in range(config.partition.num_clients)]
+  eval_source = tfds_source.TfdsSource(cfg.name, cfg.eval_split, cfg.data_dir, cfg.image_key, cfg.label_key,
+                                       cfg.mask_key)
+  eval_dataset = tfds_source.materialize(eval_source, "test", cfg.name)
+  meta = {"name": cfg.name, "num_classes": cfg.num_classes, "num_mask_classes": cfg.num_mask_classes,
+          "source": f"tfds:{cfg.name}"}
+  return clients, eval_dataset, meta, clients[0][0]["images"].shape
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Builds the experiment (loads data, partitions, initialises the model, puts client data on device)."""
+  if config.data.name == "tfds":
+    clients, eval_dataset, meta, image_shape = tfds_clients(config)
+  else:
+    dataset = load_dataset(config.data.name, config.data.root, dict(config.data.synthetic))
+    dataset = select_channels(dataset, tuple(config.data.channels))
+    train, eval_dataset, meta = dataset.split("train"), dataset.split(config.data.eval_split), dataset.meta
+    clients, image_shape = client_datasets(train, config.partition, config.seed), train.arrays["images"].shape[1:]
+  if len(eval_dataset) == 0:
+    raise ValueError(f"config.data.eval_split={config.data.eval_split!r} has no rows in {config.data.name}")
+  num_classes = meta["num_classes"] if config.task.name == "classification" else meta["num_mask_classes"]
+  model = models.get_model(config.model.name, num_classes, **dict(config.model.kwargs))
+  if config.data.batch_mode == "patches":
+    input_shape = (config.data.patch_size, config.data.patch_size, image_shape[-1])
+  else:
+    input_shape = tuple(image_shape)
+  key_model, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = models.init_variables(model, key_model, input_shape)
+  task = build_task(config, model)
+  algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables)
+  cohorts: dict[str, list[int]] = {}
+  for client_id, role in enumerate(roles(len(clients))):
+    cohorts.setdefault(role, []).append(client_id)
+  batch_fn = make_batch_fn(config.data.batch_mode, mean=tuple(config.data.mean), std=tuple(config.data.std),
+                           flips=config.data.flips, patch_size=config.data.patch_size)
+  data, plans, streamed = {}, {}, {}
+  for name, ids in cohorts.items():
+    if config.data.loader == "grain":
+      sources = [c if config.data.name == "tfds" else RowSource(c, TRAIN_KEYS) for c in (clients[i] for i in ids)]
+      streamed[name] = StreamedCohort(sources, ids,
+                                      config.client.batch_size, config.client.local_steps, config.seed)
+      plans[name] = streamed[name].plan
+    else:
+      data[name], plans[name] = cohort_data([clients[i] for i in ids], ids, config.client.batch_size,
+                                            config.client.local_steps, config.client.local_epochs)
+  return Experiment(config, meta, clients, eval_dataset, cohorts, model, task, variables, algorithm, data,
+                    plans, {name: batch_fn for name in cohorts}, streamed)
+
+
+def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:
+  """Server state and every client's persistent state, from the config seed."""
+  _, key_run = jax.random.split(jax.random.PRNGKey(exp.config.seed))
+  server_state = exp.algorithm.init(exp.variables, key_run)
+  client_states = {}
+  for name, ids in exp.cohorts.items():
+    spec = exp.algorithm.cohorts[name]
+    per_client = [spec.client_init(exp.variables, jax.random.fold_in(key_run, i)) for i in ids]
+    client_states[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_client)
+  return server_state, client_states
+
+
+def num_selected(exp: Experiment, name: str) -> int:
+  """Participants per round of a cohort: ``clients_per_round`` spread over cohorts by size (all if 0)."""
+  total = sum(len(ids) for ids in exp.cohorts.values())
+  per_round = exp.config.aggregation.clients_per_round
+  size = len(exp.cohorts[name])
+  if per_round <= 0 or per_round >= total:
+    return size
+  return max(1, round(per_round * size / total))
+
+
+def state_tree(server_state: ServerState, client_states: Mapping[str, PyTree]) -> dict:
+  return {"server": server_state, "clients": dict(client_states)}

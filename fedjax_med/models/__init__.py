@@ -1,0 +1,67 @@
+"""Model registry: name -> builder ``(num_classes, **kwargs) -> flax module``.
+
+Every model maps ``[B, H, W, C]`` float inputs to a dict: classifiers
+``{"logits": [B, K], "features": [B, F]}`` (with a ``classify`` method for the head
+alone), segmenters ``{"logits": [B, H, W, K], "features": bottleneck}``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fedjax_med.models.cnn import SmallCNN
+from fedjax_med.models.densenet import DenseNet, densenet121, densenet_narrow
+from fedjax_med.models.unet import UNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module]) -> None:
+  if name in MODELS:
+    raise KeyError(f"The model name {name!r} was already registered.")
+  MODELS[name] = builder
+
+
+register("unet", UNet)
+register("densenet121", densenet121)
+register("densenet_narrow", densenet_narrow)
+register("densenet", DenseNet)
+register("small_cnn", SmallCNN)
+
+
+def _accepted(builder) -> set[str] | None:
+  target = builder if inspect.isclass(builder) else builder
+  if inspect.isclass(target):
+    return {f.name for f in target.__dataclass_fields__.values()} - {"parent", "name"}
+  return {*inspect.signature(DenseNet).parameters} - {"parent", "name"}
+
+
+def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Builds a registered model; unknown names and keywords raise ValueError listing what is allowed."""
+  if name not in MODELS:
+    close = difflib.get_close_matches(name, MODELS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}.{hint}")
+  allowed = _accepted(MODELS[name])
+  unknown = sorted(set(kwargs) - allowed - {"num_classes"})
+  if unknown:
+    raise ValueError(f"model {name!r} does not take {unknown}; it takes {sorted(allowed - {'num_classes'})}")
+  return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, input_shape) -> dict:
+  """``model.init`` on zeros of ``[1, *input_shape]`` in eval mode."""
+  return dict(model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+__all__ = ["MODELS", "DenseNet", "SmallCNN", "UNet", "count_params", "get_model", "init_variables", "register"]

@@ -1,0 +1,90 @@
+"""A 2-D U-Net (Ronneberger et al., MICCAI 2015) with configurable depth, widths, norm and dropout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ("batch", "instance", "group", "none")
+UPSAMPLING = ("transpose", "bilinear")
+
+
+class ConvBlock(nn.Module):
+  """Two 3x3 conv - norm - ReLU, then dropout."""
+
+  features: int
+  norm: str
+  groups: int
+  dropout: float
+
+  def _norm(self, x, train):
+    if self.norm == "batch":
+      return nn.BatchNorm(use_running_average=not train)(x)
+    if self.norm == "instance":
+      return nn.GroupNorm(num_groups=None, group_size=1)(x)
+    if self.norm == "group":
+      return nn.GroupNorm(num_groups=min(self.groups, self.features))(x)
+    return x
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    for _ in range(2):
+      x = nn.relu(self._norm(nn.Conv(self.features, (3, 3), use_bias=self.norm == "none")(x), train))
+    return nn.Dropout(self.dropout)(x, deterministic=not train)
+
+
+class UNet(nn.Module):
+  """U-Net: ``len(widths)`` levels, max-pool down, transposed-conv or bilinear up, skip concatenation.
+
+  Input ``[B, H, W, C]`` with H and W divisible by ``2**(len(widths)-1)``. Returns
+  ``{"logits": [B, H, W, num_classes], "features": [B, H/2**(d-1), W/2**(d-1), widths[-1]]}``.
+  """
+
+  num_classes: int
+  widths: Sequence[int] = (16, 32, 64, 128, 256)
+  norm: str = "batch"
+  group_norm_groups: int = 8
+  dropout: float | Sequence[float] = 0.0
+  upsample: str = "transpose"
+
+  def _rates(self) -> list[float]:
+    if isinstance(self.dropout, (int, float)):
+      return [float(self.dropout)] * len(self.widths)
+    if len(self.dropout) != len(self.widths):
+      raise ValueError(f"UNet `dropout` needs one rate per level ({len(self.widths)}); got {self.dropout}")
+    return [float(r) for r in self.dropout]
+
+  def _check(self, x):
+    if len(self.widths) < 2:
+      raise ValueError(f"UNet `widths` needs at least 2 levels; got {self.widths}")
+    if self.norm not in NORMS:
+      raise ValueError(f"UNet `norm` must be one of {NORMS}; got {self.norm!r}")
+    if self.upsample not in UPSAMPLING:
+      raise ValueError(f"UNet `upsample` must be one of {UPSAMPLING}; got {self.upsample!r}")
+    factor = 2 ** (len(self.widths) - 1)
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(f"UNet input height and width must be divisible by {factor} for {len(self.widths)} levels; "
+                       f"got input shape {x.shape}")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    self._check(x)
+    rates = self._rates()
+    block = lambda i, name: ConvBlock(self.widths[i], self.norm, self.group_norm_groups, rates[i], name=name)
+    skips = []
+    for i in range(len(self.widths) - 1):
+      x = block(i, f"down{i}")(x, train=train)
+      skips.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = features = block(len(self.widths) - 1, "bottleneck")(x, train=train)
+    for i in reversed(range(len(self.widths) - 1)):
+      if self.upsample == "transpose":
+        x = nn.ConvTranspose(self.widths[i], (2, 2), strides=(2, 2), name=f"up{i}")(x)
+      else:
+        b, h, w, c = x.shape
+        x = nn.Conv(self.widths[i], (1, 1), name=f"up{i}")(jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear"))
+      x = block(i, f"dec{i}")(jnp.concatenate([skips[i], x], axis=-1), train=train)
+    return {"logits": nn.Conv(self.num_classes, (1, 1), name="out")(x), "features": features}

@@ -1,0 +1,72 @@
+"""Supervised objectives that bind a model to a loss: classification and segmentation.
+
+A task turns a flax model into ``loss_fn(params, model_state, batch, rng, train) ->
+(loss, (model_state, metrics))`` used by the algorithms' local steps, and
+``predict_fn(variables, images) -> probabilities`` used by evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fedjax_med import losses
+from fedjax_med.engine.types import Batch, PyTree
+
+TASKS = ("classification", "segmentation")
+
+
+class Task(NamedTuple):
+  name: str
+  loss_fn: Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
+  predict_fn: Callable[[PyTree, jax.Array], jax.Array]
+
+
+def apply_model(model: nn.Module, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array,
+                train: bool) -> tuple[dict, PyTree]:
+  """Runs the model; returns (outputs dict, updated non-param collections such as batch_stats)."""
+  variables = {"params": params, **model_state}
+  if train and model_state:
+    outputs, new_state = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=list(model_state))
+    return outputs, dict(new_state)
+  return model.apply(variables, images, train=train, rngs={"dropout": rng}), model_state
+
+
+def classification(model: nn.Module) -> Task:
+  """Cross-entropy on ``batch['labels']`` (negative = unlabeled, weight 0)."""
+
+  def loss_fn(params, model_state, batch: Batch, rng, train=True):
+    outputs, model_state = apply_model(model, params, model_state, batch["images"], rng, train)
+    per_example = losses.cross_entropy(outputs["logits"], batch["labels"])
+    loss = losses.weighted_mean(per_example, (batch["labels"] >= 0).astype(jnp.float32))
+    accuracy = jnp.mean(jnp.argmax(outputs["logits"], -1) == batch["labels"])
+    return loss, (model_state, {"loss": loss, "accuracy": accuracy})
+
+  def predict_fn(variables, images):
+    return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
+
+  return Task("classification", loss_fn, predict_fn)
+
+
+def segmentation(model: nn.Module, dice_weight: float, ce_weight: float) -> Task:
+  """``ce_weight`` x pixel cross-entropy + ``dice_weight`` x soft Dice on ``batch['masks']``.
+
+  ``batch['weights']`` (e.g. the field of view) weights pixels in both terms.
+  """
+
+  def loss_fn(params, model_state, batch: Batch, rng, train=True):
+    outputs, model_state = apply_model(model, params, model_state, batch["images"], rng, train)
+    logits, masks, weights = outputs["logits"], batch["masks"], batch["weights"]
+    ce = losses.weighted_mean(losses.cross_entropy(logits, masks, weights), weights * (masks >= 0))
+    dice = jnp.mean(losses.soft_dice_loss(logits, masks, weights))
+    loss = ce_weight * ce + dice_weight * dice
+    return loss, (model_state, {"loss": loss, "ce": ce, "dice_loss": dice})
+
+  def predict_fn(variables, images):
+    return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
+
+  return Task("segmentation", loss_fn, predict_fn)

@@ -1,0 +1,188 @@
+"""The one round loop: ``run(config, workdir)`` trains, evaluates, logs and checkpoints.
+
+Re-running the same command on the same workdir resumes from the last checkpoint,
+bit for bit: selection and sampling are pure functions of (seed, round, client id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from fedjax_med import config as config_lib
+from fedjax_med import evaluation, experiment
+from fedjax_med.checkpoint import Checkpointer
+from fedjax_med.engine import auto, execution
+from fedjax_med.engine.sampling import select_clients
+from fedjax_med.logging_utils import MetricsWriter, summary_table, to_python
+
+log = logging.getLogger("fedjax_med")
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced NaN/inf; the message names the round and the clients."""
+
+
+# -- workdir ----------------------------------------------------------------------------------------------------------
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir made by a different config unless ``config.overwrite``.
+
+  With ``overwrite`` the old run is moved aside to ``WORKDIR.replaced-<time>``, not deleted.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = config_lib.fingerprint(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != new:
+      if not config.overwrite:
+        diffs = "; ".join(config_lib.differences(old, new)[:8])
+        raise config_lib.ConfigError(
+            f"workdir {workdir} holds a run made by a different config ({diffs}); use another --workdir or pass "
+            "--config.overwrite=True to move the old run aside and start again")
+      aside = f"{workdir.rstrip('/')}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+      shutil.move(workdir, aside)
+      log.warning("moved the old run in %s to %s", workdir, aside)
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(new, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+# -- rounds -----------------------------------------------------------------------------------------------------------
+def selection_for(exp: experiment.Experiment, round_num: int) -> dict[str, np.ndarray]:
+  return {name: select_clients(exp.config.seed, round_num, i, len(ids), experiment.num_selected(exp, name))
+          for i, (name, ids) in enumerate(sorted(exp.cohorts.items()))}
+
+
+def check_finite(report: execution.RoundReport, round_num: int, policy: str) -> list[int]:
+  """Returns the clients left out of the aggregate; raises when the round cannot continue."""
+  excluded = [int(c) for name in report.finite for c, ok in zip(report.client_ids[name], report.finite[name])
+              if not ok]
+  participants = sum(len(v) for v in report.client_ids.values())
+  if excluded and (policy == "stop" or len(excluded) == participants):
+    raise NonFiniteError(f"round {round_num + 1}: non-finite update (NaN/inf) from client(s) {excluded} of "
+                         f"{participants}; the run stops, the last good checkpoint is kept")
+  if excluded:
+    log.warning("round %d: client(s) %s sent non-finite updates and were left out of the aggregate",
+                round_num + 1, excluded)
+  return excluded
+
+
+def round_record(report: execution.RoundReport, round_num: int, seconds: float, excluded: list[int]) -> dict:
+  clients = {}
+  for name, ids in report.client_ids.items():
+    for i, client in enumerate(ids):
+      clients[int(client)] = {k: float(v[i]) for k, v in report.metrics[name].items()} | {"cohort": name}
+  finite = [v for c, v in clients.items() if c not in excluded]
+  train = {k: float(np.mean([v[k] for v in finite])) for k in (finite[0] if finite else {}) if k != "cohort"}
+  return {"round": round_num + 1, "seconds": seconds, "train": train, "clients": clients, "excluded": excluded,
+          "server": {k: float(v) for k, v in report.server_metrics.items()}}
+
+
+def evaluate(exp: experiment.Experiment, predict, server_state) -> dict[str, Any]:
+  variables = exp.algorithm.eval_variables(server_state, None)
+  probs = evaluation.predict_all(predict, variables, exp.eval_dataset.arrays["images"], exp.config.eval.batch_size)
+  if exp.task.name == "classification":
+    return evaluation.classification_report(probs, exp.eval_dataset, exp.meta["num_classes"])
+  return evaluation.segmentation_report(probs, exp.eval_dataset, hd95=exp.config.eval.hd95)
+
+
+def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
+  cfg = exp.config.execution
+  if cfg.strategy != "auto":
+    return cfg.strategy, {}
+  make_runner = lambda strategy, plans: execution.RoundRunner(
+      exp.algorithm, exp.batch_fns, plans, strategy=strategy, unroll=scan_unroll(exp.config),
+      weighting=exp.config.aggregation.weighting)
+  best, timings = auto.calibrate(make_runner, server_state, client_states, exp.data_for_round(0), exp.plans,
+                                 selection_for(exp, 0), execution.STRATEGIES, cfg.calibration_steps,
+                                 cfg.calibration_repeats)
+  for name, t in timings.items():
+    log.info("auto: %-10s %.3f s per shortened round (+%.1f s compile)", name, t["round_s"], t["compile_s"])
+  log.info("auto picked %s on backend %s", best, jax.default_backend())
+  return best, timings
+
+
+def scan_unroll(config: ml_collections.ConfigDict) -> int | bool:
+  unroll = config.execution.scan_unroll
+  return execution.default_unroll(jax.default_backend()) if unroll < 0 else (True if unroll == 0 else unroll)
+
+
+# -- the run ----------------------------------------------------------------------------------------------------------
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final summary."""
+  # Set up: validate, build, workdir.
+  config_lib.validate(config)
+  exp = experiment.build(config)
+  if exp.meta.get("synthetic"):
+    log.warning("DATA IS SYNTHETIC: the embedded default dataset (%s), not real images", exp.meta["source"])
+  prepare_workdir(config, workdir)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
+
+  # Initial or restored state.
+  server_state, client_states = experiment.initial_state(exp)
+  start_round = checkpointer.latest_round() or 0
+  if start_round:
+    state, record = checkpointer.restore(start_round, experiment.state_tree(server_state, client_states))
+    server_state, client_states = state["server"], state["clients"]
+    strategy, timings = record["strategy"], record.get("calibration", {})
+    log.info("resumed %s at round %d (strategy %s)", workdir, start_round, strategy)
+  else:
+    strategy, timings = choose_strategy(exp, server_state, client_states)
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy,
+                                 unroll=scan_unroll(config), weighting=config.aggregation.weighting)
+  predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
+                                    config.eval.pad_multiple)
+  writer = MetricsWriter(workdir, start_round, tensorboard=config.log.tensorboard)
+  record = {"strategy": strategy, "calibration": timings, "backend": jax.default_backend()}
+
+  # Train loop.
+  last_eval: dict[str, Any] = {}
+  bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not config.log.progress, unit="round")
+  start_time = time.perf_counter()
+  try:
+    for round_num in range(start_round, config.num_rounds):
+      tick = time.perf_counter()
+      server_state, client_states, report = runner(server_state, client_states, exp.data_for_round(round_num),
+                                                   selection_for(exp, round_num))
+      excluded = check_finite(report, round_num, config.aggregation.nonfinite)
+      row = round_record(report, round_num, time.perf_counter() - tick, excluded)
+      done = round_num + 1
+      if done % config.eval.every == 0 or done == config.num_rounds:
+        last_eval = row["eval"] = evaluate(exp, predict, server_state)
+      writer.write(row)
+      if done % config.checkpoint.every == 0 or done == config.num_rounds:
+        checkpointer.save(done, experiment.state_tree(server_state, client_states), record)
+      key = config.eval.key_metric
+      bar.set_postfix(loss=f"{row['train'].get('loss', float('nan')):.4f}",
+                      **({key: f"{last_eval[key]:.4f}"} if key in last_eval else {}))
+      bar.update(1)
+  finally:
+    bar.close()
+    writer.close()
+    checkpointer.close()
+
+  # Summary.
+  if not last_eval:  # resumed a finished run: evaluate the restored model
+    last_eval = evaluate(exp, predict, server_state)
+  summary = {"workdir": workdir, "rounds": config.num_rounds, "strategy": strategy, "calibration": timings,
+             "train_seconds_this_process": time.perf_counter() - start_time, "eval": last_eval,
+             "num_clients": len(exp.client_datasets), "synthetic_data": bool(exp.meta.get("synthetic"))}
+  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    json.dump(to_python(summary), f, indent=1)
+  print(summary_table(last_eval, f"Final evaluation on {config.data.name}/{config.data.eval_split} "
+                      f"after {config.num_rounds} rounds ({strategy}):"))
+  return summary

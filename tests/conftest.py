@@ -1,0 +1,52 @@
+"""Shared test helpers: a tiny synthetic config, the real-data root, the repo root."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+def tiny_overrides() -> list[str]:
+  """Command-line overrides that shrink configs/fedavg.py to a seconds-long run."""
+  return ["--config.data.synthetic.patients_per_site=5", "--config.data.synthetic.image_size=16",
+          "--config.data.synthetic.slices_per_volume=2", "--config.model.kwargs.widths=(4,)",
+          "--config.model.kwargs.dense=8", "--config.client.local_steps=2", "--config.client.batch_size=4",
+          "--config.eval.every=2", "--config.checkpoint.every=1", "--config.execution.strategy=sequential",
+          "--config.log.progress=False", "--config.log.tensorboard=False"]
+
+
+def tiny_config(**changes):
+  """configs/fedavg.py shrunk like ``tiny_overrides``, with dotted-key ``changes`` applied."""
+  from configs import fedavg
+
+  config = fedavg.get_config()
+  config.data.synthetic.update(patients_per_site=5, image_size=16, slices_per_volume=2)
+  config.model.kwargs.widths = (4,)
+  config.model.kwargs.dense = 8
+  config.client.local_steps = 2
+  config.client.batch_size = 4
+  config.eval.every = 2
+  config.checkpoint.every = 1
+  config.execution.strategy = "sequential"
+  config.log.progress = False
+  config.log.tensorboard = False
+  config.num_rounds = 4
+  for dotted, value in changes.items():
+    node = config
+    *parents, leaf = dotted.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture
+def data_root():
+  root = os.environ.get("FEDJAX_MED_DATA", "")
+  if not root or not os.path.isdir(root):
+    pytest.skip("real-data test: set FEDJAX_MED_DATA to the prepared data folder (../shared/data)")
+  return root

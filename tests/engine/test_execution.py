@@ -1,0 +1,136 @@
+"""The engine: strategies agree, aggregation is the weighted mean, non-finite clients are left out."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med import tasks
+from fedjax_med.algorithms.fedavg import fedavg
+from fedjax_med.data.format import PreparedDataset
+from fedjax_med.data.pipeline import cohort_data, image_batch_fn
+from fedjax_med.engine import aggregation, execution
+
+
+class TinyConvNet(nn.Module):
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return {"logits": nn.Dense(self.num_classes)(x), "features": x}
+
+
+def _client(seed, count):
+  rng = np.random.default_rng(seed)
+  return PreparedDataset({
+      "images": rng.integers(0, 255, (count, 8, 8, 1), dtype=np.uint8),
+      "labels": rng.integers(0, 3, count).astype(np.int32),
+      "group": np.arange(count).astype(str), "site": np.full(count, "s"), "split": np.full(count, "train"),
+  }, {})
+
+
+def _setup(counts=(5, 9, 7), local_steps=3, local_epochs=0.0, server_tx=None):
+  model = TinyConvNet()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  task = tasks.classification(model)
+  algorithm = fedavg(task.loss_fn, optax.sgd(0.1), server_tx or optax.sgd(1.0), variables)
+  data, plan = cohort_data([_client(i, c) for i, c in enumerate(counts)], list(range(len(counts))), 4,
+                           local_steps, local_epochs)
+  server = algorithm.init(variables, jax.random.PRNGKey(1))
+  clients = jax.tree.map(lambda *x: jnp.stack(x), *[algorithm.cohorts["clients"].client_init(variables, None)
+                                                     for _ in counts])
+  batch_fn = image_batch_fn((0.5,), (0.25,), flips=True)
+  return algorithm, {"clients": data}, {"clients": plan}, {"clients": batch_fn}, server, {"clients": clients}
+
+
+def _run(strategy, rounds=2, selection=None, **kw):
+  algorithm, data, plans, batch_fns, server, clients = _setup(**kw)
+  runner = execution.RoundRunner(algorithm, batch_fns, plans, strategy=strategy, unroll=True,
+                                 weighting="num_examples")
+  for r in range(rounds):
+    sel = {"clients": np.arange(3) if selection is None else selection[r]}
+    server, clients, report = runner(server, clients, data, sel)
+  return server, clients, report
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"local_epochs": 1.0, "local_steps": 0},  # ragged: clients take 2, 3 and 2 steps
+    {"selection": [np.array([0, 2]), np.array([1, 2])]},  # partial participation
+], ids=["steps", "epochs", "partial"])
+def test_every_strategy_gives_the_same_parameters_after_two_rounds(kw):
+  results = {s: _run(s, **kw)[0].params for s in execution.STRATEGIES}
+  for strategy in ("vmap", "unrolled"):
+    for a, b in zip(jax.tree.leaves(results["sequential"]), jax.tree.leaves(results[strategy])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=strategy)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), results["sequential"],
+                                       _setup()[4].params))
+  assert max(float(m) for m in moved) > 1e-4  # training did something
+
+
+def test_round_counter_and_ragged_steps():
+  server, _, report = _run("sequential", rounds=1, local_epochs=1.0, local_steps=0)
+  assert int(server.round) == 1
+  np.testing.assert_array_equal(report.metrics["clients"]["local_steps"], [2, 3, 2])  # ceil(count / 4)
+
+
+def test_fedavg_with_unit_server_lr_is_the_weighted_mean_of_local_models():
+  algorithm, data, plans, batch_fns, server, clients = _setup()
+  runner = execution.RoundRunner(algorithm, batch_fns, plans, strategy="sequential", unroll=True,
+                                 weighting="num_examples")
+  client_round = execution.make_client_round(algorithm.cohorts["clients"], batch_fns["clients"], plans["clients"],
+                                             True)
+  locals_ = []
+  for i in range(3):
+    one = jax.tree.map(lambda x, i=i: x[i], clients["clients"])
+    arrays = jax.tree.map(lambda x, i=i: x[i], data["clients"].arrays)
+    _, message, _ = client_round(server, one, arrays, data["clients"].counts[i], data["clients"].steps[i], i)
+    locals_.append(jax.tree.map(jnp.add, server.params, message["delta"]))
+  new_server, _, _ = runner(server, clients, data, {"clients": np.arange(3)})
+  weights = np.array([5, 9, 7]) / 21
+  expected = jax.tree.map(lambda *xs: sum(w * x for w, x in zip(weights, xs)), *locals_)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new_server.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_mean_ignores_zero_weight_nan_clients():
+  tree = {"w": jnp.array([[1.0, 2.0], [jnp.nan, jnp.inf], [3.0, 6.0]])}
+  mean = aggregation.weighted_mean(tree, jnp.array([1.0, 0.0, 3.0]))
+  np.testing.assert_allclose(mean["w"], [2.5, 5.0])
+  np.testing.assert_array_equal(aggregation.is_finite(tree), [True, False, True])
+  np.testing.assert_allclose(aggregation.weighted_mean(tree, jnp.zeros(3))["w"], [0.0, 0.0])
+
+
+def test_non_finite_client_is_left_out_and_reported():
+  algorithm, data, plans, batch_fns, server, clients = _setup()
+  arrays = dict(data["clients"].arrays)
+  poisoned = data["clients"]._replace(arrays=arrays)
+  base_fn = batch_fns["clients"]
+
+  def poison_fn(arrays, idx, key):  # client 1 gets NaN images
+    batch = base_fn(arrays, idx, key)
+    return {**batch, "images": batch["images"] * arrays["scale"][0]}
+
+  arrays["scale"] = jnp.array([[1.0] * 9, [jnp.nan] * 9, [1.0] * 9])
+  runner = execution.RoundRunner(algorithm, {"clients": poison_fn}, plans, strategy="unrolled", unroll=True,
+                                 weighting="num_examples")
+  new_server, new_clients, report = runner(server, clients, {"clients": poisoned}, {"clients": np.arange(3)})
+  np.testing.assert_array_equal(report.finite["clients"], [True, False, True])
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(new_server.params))
+  # the aggregate equals a round where client 1 does not take part
+  reference, _, _ = execution.RoundRunner(algorithm, {"clients": poison_fn}, plans, strategy="unrolled",
+                                          unroll=True, weighting="num_examples")(
+      server, clients, {"clients": poisoned}, {"clients": np.array([0, 2])})
+  for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(new_server.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_unknown_strategy_is_rejected_with_the_allowed_ones():
+  algorithm, data, plans, batch_fns, *_ = _setup()
+  with pytest.raises(ValueError, match="allowed: \\('vmap', 'unrolled', 'sequential'\\)"):
+    execution.RoundRunner(algorithm, batch_fns, plans, strategy="pmap", unroll=True, weighting="uniform")

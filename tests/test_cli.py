@@ -1,0 +1,109 @@
+"""main.py as a user runs it: quick start, errors as one line, kill -9 and resume, plots."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, tiny_config, tiny_overrides
+
+from fedjax_med import experiment
+from fedjax_med.checkpoint import Checkpointer
+
+
+def _main(*args, timeout=300):
+  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _state(workdir, round_num=None):
+  exp = experiment.build(tiny_config())
+  server, clients = experiment.initial_state(exp)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, _ = checkpointer.restore(round_num or checkpointer.latest_round(), experiment.state_tree(server, clients))
+  checkpointer.close()
+  return state
+
+
+def test_quickstart_command_trains_logs_and_plots(tmp_path):
+  overrides = [o for o in tiny_overrides() if "tensorboard" not in o]
+  result = _main("--config", "configs/fedavg.py", *overrides, "--config.num_rounds=4", "--workdir", str(tmp_path))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Final evaluation on synthetic/test after 4 rounds" in result.stdout
+  assert "DATA IS SYNTHETIC" in result.stderr
+  assert len(open(tmp_path / "metrics.jsonl").readlines()) == 4
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  plot = subprocess.run([sys.executable, "-m", "fedjax_med.plot", str(tmp_path)], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert plot.returncode == 0, plot.stderr
+  for name in ("curves_train.png", "curves_eval.png"):
+    assert (tmp_path / name).stat().st_size > 5000
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, threading
+    sys.path.insert(0, os.getcwd())
+    from fedjax_med import checkpoint, train
+    from tests.conftest import tiny_config
+    save = checkpoint.Checkpointer.save
+    def save_then_die(self, round_num, state, record):
+      if round_num == 3:  # SIGKILL while round 3 is being written
+        threading.Timer(0.02, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+      save(self, round_num, state, record)
+    checkpoint.Checkpointer.save = save_then_die
+    train.run(tiny_config(), sys.argv[1])
+""")
+
+
+def test_killed_during_a_checkpoint_write_then_resumed_equals_a_straight_run(tmp_path):
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  result = _main("--config", "configs/fedavg.py", *tiny_overrides(), "--config.num_rounds=4", "--workdir", straight)
+  assert result.returncode == 0, result.stderr[-2000:]
+  died = subprocess.run([sys.executable, "-c", KILLER, killed], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert died.returncode == -9, died.stderr[-2000:]
+  last_good = Checkpointer(os.path.join(killed, "checkpoints")).latest_round()
+  assert last_good in (2, 3)
+  _state(killed, last_good)  # the last good checkpoint restores
+  result = _main("--config", "configs/fedavg.py", *tiny_overrides(), "--config.num_rounds=4", "--workdir", killed)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for a, b in zip(jax.tree.leaves(_state(straight)), jax.tree.leaves(_state(killed))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rounds = [json.loads(line)["round"] for line in open(os.path.join(killed, "metrics.jsonl"))]
+  assert rounds == [1, 2, 3, 4]
+
+
+def test_a_half_written_checkpoint_directory_is_ignored(tmp_path):
+  result = _main("--config", "configs/fedavg.py", *tiny_overrides(), "--config.num_rounds=2",
+                 "--workdir", str(tmp_path))
+  assert result.returncode == 0, result.stderr[-2000:]
+  partial = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
+  partial.mkdir()
+  (partial / "junk").write_text("interrupted write")
+  assert Checkpointer(str(tmp_path / "checkpoints")).latest_round() == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.client.lerning_rate=0.1"],
+     "error: unknown config key 'client.lerning_rate' in --config.client.lerning_rate=0.1; keys allowed under "
+     "config.client: ['batch_size', 'learning_rate'"),
+    (["--config.client.learning_rate=abc"], "error: bad value in --config.client.learning_rate=abc"),
+    (["--config.execution.strategy=fast"], "error: config.execution.strategy='fast' is not allowed; allowed: "),
+    (["--config.data.name=drive", "--config.data.root=/nonexistent/drive"],
+     "error: dataset directory /nonexistent/drive does not exist; prepare it with: python -m fedjax_med.data.prepare "
+     "drive"),
+])
+def test_bad_command_lines_give_one_error_line(tmp_path, args, message):
+  result = _main("--config", "configs/fedavg.py", *args, "--workdir", str(tmp_path / "w"), timeout=120)
+  assert result.returncode == 2
+  assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_missing_config_file_is_named():
+  result = _main("--config", "configs/no_such_config.py", timeout=60)
+  assert result.returncode == 2 and "error: config file not found: configs/no_such_config.py" in result.stderr

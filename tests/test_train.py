@@ -1,0 +1,128 @@
+"""The round loop: outputs, resumption, non-finite handling, workdir protection, config errors."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from fedjax_med import config as config_lib
+from fedjax_med import experiment, train
+from fedjax_med.checkpoint import Checkpointer
+from fedjax_med.logging_utils import to_python
+
+
+def _final_state(config, workdir):
+  exp = experiment.build(config)
+  server, clients = experiment.initial_state(exp)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, _ = checkpointer.restore(checkpointer.latest_round(), experiment.state_tree(server, clients))
+  checkpointer.close()
+  return state
+
+
+def test_run_writes_metrics_checkpoints_and_a_summary(tmp_path):
+  summary = train.run(tiny_config(), str(tmp_path))
+  lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert [r["round"] for r in lines] == [1, 2, 3, 4]
+  assert set(lines[0]["clients"]) == {"0", "1", "2", "3"} and "loss" in lines[0]["clients"]["0"]
+  assert "eval" in lines[1] and "accuracy" in lines[1]["eval"] and "eval" not in lines[0]
+  assert to_python(summary["eval"]) == lines[-1]["eval"] and summary["synthetic_data"]
+  assert Checkpointer(str(tmp_path / "checkpoints")).latest_round() == 4
+
+
+def test_resuming_in_two_parts_equals_one_straight_run_bit_for_bit(tmp_path):
+  train.run(tiny_config(), str(tmp_path / "straight"))
+  train.run(tiny_config(num_rounds=2), str(tmp_path / "parts"))
+  train.run(tiny_config(num_rounds=4), str(tmp_path / "parts"))  # num_rounds may grow on resume
+  a, b = _final_state(tiny_config(), str(tmp_path / "straight")), _final_state(tiny_config(), str(tmp_path / "parts"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  rounds = [json.loads(x)["round"] for x in open(tmp_path / "parts" / "metrics.jsonl")]
+  assert rounds == [1, 2, 3, 4]
+
+
+def _poison_client_from_round(monkeypatch, client: int, round_num: int):
+  """Client ``client``'s loss becomes NaN from round ``round_num`` (1-based) on: a real NaN through the engine."""
+  build = experiment.build
+
+  def poisoned_build(config):
+    exp = build(config)
+    name = next(iter(exp.algorithm.cohorts))
+    spec = exp.algorithm.cohorts[name]
+
+    def start(server_state, client_state, rng):
+      local = spec.start(server_state, client_state, rng)
+      bad = (server_state.round >= round_num - 1) & (client_state["marker"] == client)
+      return {**local, "poison": jnp.where(bad, jnp.nan, 1.0)}
+
+    def step(local, batch, rng):
+      poison = local.pop("poison")
+      batch = {**batch, "images": batch["images"] * poison}
+      new, metrics = spec.step(local, batch, rng)
+      return {**new, "poison": poison}, metrics
+
+    def finish(server_state, client_state, local):
+      local = dict(local)
+      local.pop("poison")
+      state, message, metrics = spec.finish(server_state, {k: v for k, v in client_state.items() if k != "marker"},
+                                            local)
+      return {**state, "marker": client_state["marker"]}, message, metrics
+
+    exp.algorithm = exp.algorithm._replace(cohorts={name: spec._replace(start=start, step=step, finish=finish)})
+    return exp
+
+  def initial_state(exp):
+    server, clients = experiment_initial_state(exp)
+    name = next(iter(clients))
+    clients[name] = {**clients[name], "marker": jnp.arange(len(exp.cohorts[name]))}
+    return server, clients
+
+  experiment_initial_state = experiment.initial_state
+  monkeypatch.setattr(experiment, "build", poisoned_build)
+  monkeypatch.setattr(experiment, "initial_state", initial_state)
+
+
+def test_nan_client_is_left_out_and_reported_with_skip_policy(tmp_path, monkeypatch, caplog):
+  _poison_client_from_round(monkeypatch, client=2, round_num=3)
+  summary = train.run(tiny_config(), str(tmp_path))
+  lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert [r["excluded"] for r in lines] == [[], [], [2], [2]]
+  assert "client(s) [2] sent non-finite updates" in caplog.text
+  assert np.isfinite(summary["eval"]["accuracy"])
+
+
+def test_nan_stops_the_run_naming_round_and_client_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+  _poison_client_from_round(monkeypatch, client=1, round_num=3)
+  with pytest.raises(train.NonFiniteError, match=r"round 3: non-finite update \(NaN/inf\) from client\(s\) \[1\]"):
+    train.run(tiny_config(aggregation__nonfinite="stop"), str(tmp_path))
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+  assert checkpointer.latest_round() == 2
+  state = _final_state(tiny_config(aggregation__nonfinite="stop"), str(tmp_path))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state) if np.asarray(x).dtype.kind == "f")
+
+
+def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
+  train.run(tiny_config(num_rounds=1), str(tmp_path / "w"))
+  with pytest.raises(config_lib.ConfigError, match=r"different config \(client.learning_rate: 0.003 -> 0.1"):
+    train.run(tiny_config(num_rounds=1, client__learning_rate=0.1), str(tmp_path / "w"))
+  train.run(tiny_config(num_rounds=1, client__learning_rate=0.1, overwrite=True), str(tmp_path / "w"))
+  moved = [p for p in os.listdir(tmp_path) if p.startswith("w.replaced-")]
+  assert len(moved) == 1 and os.path.exists(tmp_path / moved[0] / "metrics.jsonl")  # the old run is kept
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"execution__strategy": "pmap"}, r"config.execution.strategy='pmap' is not allowed; allowed: \['vmap'"),
+    ({"client__optimizer": "adm"}, r"config.client.optimizer='adm' is not allowed.*Did you mean 'adam'\?"),
+    ({"client__batch_size": 0}, r"config.client.batch_size must be > 0; got 0"),
+    ({"client__local_epochs": 1.0}, r"exactly one of config.client.local_steps and config.client.local_epochs"),
+    ({"model__name": "resnet"}, r"unknown model 'resnet'; available: \["),
+    ({"partition__column": "hospital"}, r"config.partition.column='hospital' is not a column"),
+])
+def test_bad_config_values_name_the_key_and_what_is_allowed(tmp_path, changes, message):
+  with pytest.raises(ValueError, match=message):
+    train.run(tiny_config(**changes), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")  # nothing written
