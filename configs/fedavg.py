@@ -82,9 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.aggregation.nonfinite = "skip"  # skip: leave a NaN client out and report it | stop: stop the run
 
   config.execution = ml_collections.ConfigDict()
-  config.execution.strategy = "auto"  # auto (measured) | vmap | unrolled | sequential
+  config.execution.strategy = "auto"  # auto (measured) | vmap | unrolled | sequential | stepwise
+  config.execution.candidates = ("vmap", "unrolled", "sequential", "stepwise")  # what auto measures
   config.execution.scan_unroll = -1  # -1: full unroll on CPU, 1 elsewhere; 0: full; k: unroll k steps
   config.execution.calibration_steps = 2  # local steps of the shortened rounds auto measures
+  config.execution.calibration_clients = 2  # per cohort, in the shortened rounds
   config.execution.calibration_repeats = 2
 
   config.eval = ml_collections.ConfigDict()

@@ -26,7 +26,7 @@ CHOICES: dict[str, tuple] = {
     "server.optimizer": SERVER_OPTIMIZERS,
     "aggregation.weighting": WEIGHTINGS,
     "aggregation.nonfinite": NONFINITE_POLICIES,
-    "execution.strategy": STRATEGIES + ("auto",),
+    "execution.strategy": (*STRATEGIES, "auto"),
     "algorithm.batch_stats": ("average", "local"),
 }
 POSITIVE = ("num_rounds", "client.batch_size", "client.learning_rate", "partition.num_clients", "eval.every",
@@ -67,6 +67,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if (config.client.local_steps > 0) == (config.client.local_epochs > 0):
     raise ConfigError("exactly one of config.client.local_steps and config.client.local_epochs must be > 0; got "
                       f"local_steps={config.client.local_steps}, local_epochs={config.client.local_epochs}")
+  bad = [c for c in config.execution.candidates if c not in STRATEGIES]
+  if bad or not config.execution.candidates:
+    raise ConfigError(f"config.execution.candidates={tuple(config.execution.candidates)} must be a non-empty subset "
+                      f"of {STRATEGIES}")
   if config.partition.only_client >= config.partition.num_clients:
     raise ConfigError(f"config.partition.only_client={config.partition.only_client} must be < "
                       f"partition.num_clients={config.partition.num_clients} (or -1 for all clients)")

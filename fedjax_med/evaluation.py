@@ -61,6 +61,10 @@ def segmentation_report(probs: np.ndarray, dataset: PreparedDataset, hd95: bool 
   if num_classes == 2:
     inside = region if region is not None else np.ones(masks.shape, bool)
     report["auroc"] = float(metrics.binary_auroc(probs[..., 1][inside], masks[inside]))
+  if dataset.has("masks_2nd") and (dataset.arrays["masks_2nd"] != 255).all():
+    human, _, human_valid = metrics.dice_iou(dataset.arrays["masks_2nd"].astype(np.int64), masks, num_classes,
+                                             region=region)
+    report["dice_2nd_observer"] = float(metrics.reduce_metric(human, human_valid, "mean"))
   if hd95:
     distances = metrics.hd95_per_class(pred, masks, num_classes)
     report["hd95"] = float(np.nanmean(distances)) if np.isfinite(distances).any() else float("nan")

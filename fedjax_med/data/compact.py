@@ -36,18 +36,16 @@ def ham10000(path: str) -> PreparedDataset:
 
 
 def drive(path: str) -> PreparedDataset:
-  d = _load(path, ["images", "vessel", "fov", "split", "image_id"])
+  d = _load(path, ["images", "vessel", "fov", "split", "image_id", "vessel_2nd_test"])
   split = np.where(d["split"].astype(str) == "training", "train", "test")
-  arrays = {"images": d["images"], "masks": d["vessel"], "fov": d["fov"], "group": d["image_id"].astype(str),
-            "site": np.full(len(split), "drive"), "split": split}
+  second = np.full(d["vessel"].shape, 255, np.uint8)
+  second[split == "test"] = d["vessel_2nd_test"]  # stored in the order of the test rows
+  arrays = {"images": d["images"], "masks": d["vessel"], "fov": d["fov"], "masks_2nd": second,
+            "group": np.char.add("drive", d["image_id"].astype(str)), "site": np.full(len(split), "drive"),
+            "split": split}
   meta = {"name": "drive", "num_classes": 0, "num_mask_classes": 2, "mask_names": ["background", "vessel"],
           "ignore_index": None, "source": path}
   return PreparedDataset(arrays, meta)
-
-
-def drive_second_observer(path: str) -> np.ndarray:
-  """The 2nd observer's vessel masks of the 20 test images, in test-row order: uint8 [20, H, W]."""
-  return _load(path, ["vessel_2nd_test"])["vessel_2nd_test"]
 
 
 def acdc(path: str, seed: int = 0) -> PreparedDataset:

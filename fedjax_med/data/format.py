@@ -17,6 +17,8 @@ A prepared dataset is a directory holding two files:
   ``scribbles``   uint8 [N, H, W]     optional weak label, ``meta.ignore_index`` =
                                       unannotated
   ``fov``         uint8 [N, H, W]     optional region where metrics are computed
+  ``masks_2nd``   uint8 [N, H, W]     optional second human observer's masks, 255 =
+                                      not available (DRIVE test images)
   ``slice_idx``   int32 [N]           optional position of the slice in its volume
   ``spacing``     float32 [N, 3]      optional (row, col, slice) spacing in mm
   ==============  ==================  ===============================================
@@ -43,7 +45,7 @@ FORMAT_VERSION = 1
 ARRAYS_FILE = "arrays.npz"
 META_FILE = "meta.json"
 REQUIRED_KEYS = ("images", "group", "site", "split")
-OPTIONAL_KEYS = ("labels", "masks", "scribbles", "fov", "slice_idx", "spacing")
+OPTIONAL_KEYS = ("labels", "masks", "scribbles", "fov", "masks_2nd", "slice_idx", "spacing")
 SPLITS = ("train", "val", "test")
 
 
@@ -87,7 +89,7 @@ def validate(arrays: dict[str, np.ndarray], where: str = "arrays") -> None:
   for key, value in arrays.items():
     if value.shape[0] != n:
       raise DatasetError(f"{where}: {key!r} has {value.shape[0]} rows, 'images' has {n}")
-    if key in ("masks", "scribbles", "fov") and value.shape != (n, h, w):
+    if key in ("masks", "scribbles", "fov", "masks_2nd") and value.shape != (n, h, w):
       raise DatasetError(f"{where}: {key!r} must be [N, H, W] = {(n, h, w)}; got {value.shape}")
   bad_splits = set(np.unique(arrays["split"]).tolist()) - set(SPLITS)
   if bad_splits:

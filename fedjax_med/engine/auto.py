@@ -1,8 +1,9 @@
 """``execution.strategy='auto'``: measure each lowering on this backend and keep the fastest.
 
-The candidates run a shortened round (``calibration_steps`` local steps) on the real
-model, data and clients; compilation is excluded from the timing and reported beside
-it. Outputs are discarded: the functions are pure, so calibration cannot change the run.
+The candidates run a shortened round (``calibration_steps`` local steps of the first
+``calibration_clients`` clients of every cohort) on the real model and data;
+compilation is excluded from the timing and reported beside it. Outputs are
+discarded: the functions are pure, so calibration cannot change the run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_med.engine.execution import CohortData, LocalPlan, RoundRunner
 
@@ -25,9 +27,11 @@ def shortened(data: Mapping[str, CohortData], plans: Mapping[str, LocalPlan], nu
 
 def calibrate(make_runner: Callable[[str, Mapping[str, LocalPlan]], RoundRunner], server_state, client_states,
               data: Mapping[str, CohortData], plans: Mapping[str, LocalPlan], selection,
-              candidates: Sequence[str], num_steps: int, repeats: int) -> tuple[str, dict[str, dict[str, float]]]:
+              candidates: Sequence[str], num_steps: int, repeats: int,
+              num_clients: int) -> tuple[str, dict[str, dict[str, float]]]:
   """Returns (fastest strategy, {strategy: {"compile_s", "round_s"}}) measured here."""
   short_data, short_plans = shortened(data, plans, num_steps)
+  selection = {k: np.asarray(v)[:num_clients] for k, v in selection.items()}
   timings = {}
   for strategy in candidates:
     runner = make_runner(strategy, short_plans)

@@ -9,6 +9,11 @@ same function in every strategy; only its lowering differs:
 * ``unrolled``: the clients unrolled one after another inside one jitted program.
 * ``sequential``: one jitted per-client program called from Python per client,
   then one jitted aggregation.
+* ``stepwise``: like ``sequential`` but the per-client program is split into a
+  jitted begin / single step / end, the step called from Python once per local
+  step (data stay on the device and dispatch is asynchronous, so there is no
+  host sync per step). Its program is one step long, so it compiles in the time
+  of one step where an unrolled scan of K steps takes ~K times longer.
 
 On XLA:CPU vmapping conv weights lowers to grouped convolutions that run ~4x
 slower than a loop, and a conv inside a ``lax.scan`` body runs ~20x slower than
@@ -30,7 +35,7 @@ import numpy as np
 from fedjax_med.engine import aggregation, sampling
 from fedjax_med.engine.types import Batch, ClientResults, CohortSpec, FederatedAlgorithm, PyTree, ServerState
 
-STRATEGIES = ("vmap", "unrolled", "sequential")
+STRATEGIES = ("vmap", "unrolled", "sequential", "stepwise")
 WEIGHTINGS = ("num_examples", "uniform")
 
 BatchFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], Batch]
@@ -90,36 +95,64 @@ def client_key(server_state: ServerState, client_id: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(server_state.rng, server_state.round), client_id)
 
 
-def make_client_round(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan, unroll: int | bool) -> Callable:
-  """Builds ``client_round(server_state, client_state, arrays, count, steps, client_id)``.
+class ClientPieces(NamedTuple):
+  """One client's round in three pure pieces (the scan strategies fuse them, ``stepwise`` calls them apart).
 
-  Returns ``(client_state, message, metrics)`` for ONE client; metrics are the
-  step metrics averaged over the active steps plus ``finish``'s metrics.
+  begin(server_state, client_state, count, client_id) -> (local_state, loop_inputs)
+  step(local_state, loop_inputs, arrays, steps, step_index) -> (local_state, metrics)
+  end(server_state, client_state, local_state, step_metrics [num_steps, ...], steps) -> (client_state, message, metrics)
   """
 
-  def client_round(server_state, client_state, arrays, count, steps, client_id):
+  begin: Callable
+  step: Callable
+  end: Callable
+
+
+def client_pieces(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan) -> ClientPieces:
+  """Splits one client's round into begin / step / end around the cohort's ``CohortSpec``."""
+
+  def begin(server_state, client_state, count, client_id):
     key_start, key_index, key_loop = jax.random.split(client_key(server_state, client_id), 3)
     if plan.streamed:
       indices = jnp.arange(plan.num_steps * plan.batch_size).reshape(plan.num_steps, plan.batch_size)
     else:
       indices = sampling.sample_indices(
           key_index, count, plan.max_count, plan.num_steps, plan.batch_size, plan.num_epochs)
-    local = spec.start(server_state, client_state, key_start)
+    return spec.start(server_state, client_state, key_start), (indices, key_loop)
 
-    def body(local, step):
-      key_batch, key_step = jax.random.split(jax.random.fold_in(key_loop, step))
-      new_local, metrics = spec.step(local, batch_fn(arrays, indices[step], key_batch), key_step)
-      if plan.ragged:
-        active = step < steps
-        new_local = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_local, local)
-      return new_local, metrics
+  def step(local, loop_inputs, arrays, steps, index):
+    indices, key_loop = loop_inputs
+    key_batch, key_step = jax.random.split(jax.random.fold_in(key_loop, index))
+    new_local, metrics = spec.step(local, batch_fn(arrays, indices[index], key_batch), key_step)
+    if plan.ragged:
+      active = index < steps
+      new_local = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_local, local)
+    return new_local, metrics
 
-    local, step_metrics = jax.lax.scan(body, local, jnp.arange(plan.num_steps), unroll=unroll)
+  def end(server_state, client_state, local, step_metrics, steps):
     active = (jnp.arange(plan.num_steps) < steps).astype(jnp.float32)
     mean = lambda m: jnp.sum(m * active) / jnp.maximum(jnp.sum(active), 1.0)
     metrics = {k: mean(v) for k, v in step_metrics.items()}
     client_state, message, final_metrics = spec.finish(server_state, client_state, local)
     return client_state, message, {**metrics, **final_metrics, "local_steps": jnp.sum(active)}
+
+  return ClientPieces(begin, step, end)
+
+
+def make_client_round(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan, unroll: int | bool) -> Callable:
+  """Builds ``client_round(server_state, client_state, arrays, count, steps, client_id)``.
+
+  Returns ``(client_state, message, metrics)`` for ONE client; metrics are the
+  step metrics averaged over the active steps plus ``finish``'s metrics. The local
+  steps run in a ``lax.scan`` with the given ``unroll``.
+  """
+  pieces = client_pieces(spec, batch_fn, plan)
+
+  def client_round(server_state, client_state, arrays, count, steps, client_id):
+    local, loop_inputs = pieces.begin(server_state, client_state, count, client_id)
+    body = lambda local, index: pieces.step(local, loop_inputs, arrays, steps, index)
+    local, step_metrics = jax.lax.scan(body, local, jnp.arange(plan.num_steps), unroll=unroll)
+    return pieces.end(server_state, client_state, local, step_metrics, steps)
 
   return client_round
 
@@ -152,15 +185,18 @@ class RoundRunner:
     self.client_rounds = {
         name: make_client_round(spec, batch_fns[name], plans[name], unroll)
         for name, spec in algorithm.cohorts.items()}
+    self.plans = plans
     self._round = jax.jit(self._whole_round)
     self._one_client = {name: jax.jit(self._one_client_fn(name)) for name in algorithm.cohorts}
+    self._pieces = {name: self._jitted_pieces(client_pieces(spec, batch_fns[name], plans[name]))
+                    for name, spec in algorithm.cohorts.items()}
     self._finalize = jax.jit(self._finalize_round)
 
   def __call__(self, server_state, client_states, data, selection):
     selection = {k: jnp.asarray(v, jnp.int32) for k, v in selection.items()}
-    if self.strategy == "sequential":
-      outputs = {name: self._sequential_cohort(name, server_state, client_states, data, sel)
-                 for name, sel in selection.items()}
+    if self.strategy in ("sequential", "stepwise"):
+      cohort_fn = self._sequential_cohort if self.strategy == "sequential" else self._stepwise_cohort
+      outputs = {name: cohort_fn(name, server_state, client_states, data, sel) for name, sel in selection.items()}
       result = self._finalize(server_state, client_states, data, selection, outputs)
     else:
       result = self._round(server_state, client_states, data, selection)
@@ -196,6 +232,32 @@ class RoundRunner:
   def _sequential_cohort(self, name, server_state, client_states, data, sel):
     per_client = [self._one_client[name](server_state, client_states[name], data[name], index)
                   for index in np.asarray(sel)]
+    return _stack(per_client)
+
+  @staticmethod
+  def _jitted_pieces(pieces: ClientPieces) -> ClientPieces:
+    def begin(server_state, states, data: CohortData, index):
+      local, loop_inputs = pieces.begin(server_state, _take(states, index), data.counts[index],
+                                        data.client_ids[index])
+      return local, loop_inputs, _take(data.arrays, index)  # this client's data, sliced once per round
+
+    def step(local, loop_inputs, arrays, steps, step_index):
+      return pieces.step(local, loop_inputs, arrays, steps, step_index)
+
+    def end(server_state, states, local, step_metrics, data: CohortData, index):
+      return pieces.end(server_state, _take(states, index), local, _stack(step_metrics), data.steps[index])
+
+    return ClientPieces(jax.jit(begin), jax.jit(step), jax.jit(end))
+
+  def _stepwise_cohort(self, name, server_state, client_states, data, sel):
+    pieces, cohort, per_client = self._pieces[name], data[name], []
+    for index in np.asarray(sel):
+      local, loop_inputs, arrays = pieces.begin(server_state, client_states[name], cohort, index)
+      step_metrics = []
+      for step_index in range(self.plans[name].num_steps):
+        local, metrics = pieces.step(local, loop_inputs, arrays, cohort.steps[index], step_index)
+        step_metrics.append(metrics)
+      per_client.append(pieces.end(server_state, client_states[name], local, step_metrics, cohort, index))
     return _stack(per_client)
 
   # -- aggregation and server update ------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ alone), segmenters ``{"logits": [B, H, W, K], "features": bottleneck}``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -19,27 +19,25 @@ from fedjax_med.models.cnn import SmallCNN
 from fedjax_med.models.densenet import DenseNet, densenet121, densenet_narrow
 from fedjax_med.models.unet import UNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: dict[str, tuple[Callable[..., nn.Module], type[nn.Module]]] = {}
 
 
-def register(name: str, builder: Callable[..., nn.Module]) -> None:
+def register(name: str, builder: Callable[..., nn.Module], module: type[nn.Module]) -> None:
+  """Registers ``builder`` (which forwards its keywords to the flax ``module`` class) under ``name``."""
   if name in MODELS:
     raise KeyError(f"The model name {name!r} was already registered.")
-  MODELS[name] = builder
+  MODELS[name] = (builder, module)
 
 
-register("unet", UNet)
-register("densenet121", densenet121)
-register("densenet_narrow", densenet_narrow)
-register("densenet", DenseNet)
-register("small_cnn", SmallCNN)
+register("unet", UNet, UNet)
+register("densenet121", densenet121, DenseNet)
+register("densenet_narrow", densenet_narrow, DenseNet)
+register("densenet", DenseNet, DenseNet)
+register("small_cnn", SmallCNN, SmallCNN)
 
 
-def _accepted(builder) -> set[str] | None:
-  target = builder if inspect.isclass(builder) else builder
-  if inspect.isclass(target):
-    return {f.name for f in target.__dataclass_fields__.values()} - {"parent", "name"}
-  return {*inspect.signature(DenseNet).parameters} - {"parent", "name"}
+def _accepted(module: type[nn.Module]) -> set[str]:
+  return {f.name for f in dataclasses.fields(module)} - {"parent", "name", "num_classes"}
 
 
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
@@ -48,11 +46,11 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     close = difflib.get_close_matches(name, MODELS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}.{hint}")
-  allowed = _accepted(MODELS[name])
-  unknown = sorted(set(kwargs) - allowed - {"num_classes"})
+  builder, module = MODELS[name]
+  unknown = sorted(set(kwargs) - _accepted(module))
   if unknown:
-    raise ValueError(f"model {name!r} does not take {unknown}; it takes {sorted(allowed - {'num_classes'})}")
-  return MODELS[name](num_classes=num_classes, **kwargs)
+    raise ValueError(f"model {name!r} does not take {unknown}; it takes {sorted(_accepted(module))}")
+  return builder(num_classes=num_classes, **kwargs)
 
 
 def init_variables(model: nn.Module, rng: jax.Array, input_shape) -> dict:
