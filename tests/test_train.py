@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from fedjax_med import config as config_lib
-from fedjax_med import experiment, train
+from fedjax_med import experiment, report, train
 from fedjax_med.checkpoint import Checkpointer
 from fedjax_med.logging_utils import to_python
 
@@ -24,7 +24,7 @@ def _final_state(config, workdir):
   return state
 
 
-def test_run_writes_metrics_checkpoints_and_a_summary(tmp_path):
+def test_run_writes_metrics_checkpoints_and_a_summary(tmp_path, capsys):
   summary = train.run(tiny_config(), str(tmp_path))
   lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
   assert [r["round"] for r in lines] == [1, 2, 3, 4]
@@ -32,6 +32,9 @@ def test_run_writes_metrics_checkpoints_and_a_summary(tmp_path):
   assert "eval" in lines[1] and "accuracy" in lines[1]["eval"] and "eval" not in lines[0]
   assert to_python(summary["eval"]) == lines[-1]["eval"] and summary["synthetic_data"]
   assert Checkpointer(str(tmp_path / "checkpoints")).latest_round() == 4
+  assert report.main([str(tmp_path), "--metrics", "accuracy", "macro_auroc"]) == 0
+  row = capsys.readouterr().out.splitlines()[-1]
+  assert row.startswith(f"| {tmp_path.name} | {summary['eval']['accuracy']:.4f} | ") and "| 4 |" in row
 
 
 def test_resuming_in_two_parts_equals_one_straight_run_bit_for_bit(tmp_path):

@@ -182,14 +182,14 @@ class RoundRunner:
     if weighting not in WEIGHTINGS:
       raise ValueError(f"unknown aggregation weighting {weighting!r}; allowed: {WEIGHTINGS}")
     self.algorithm, self.strategy, self.weighting = algorithm, strategy, weighting
-    self.client_rounds = {
-        name: make_client_round(spec, batch_fns[name], plans[name], unroll)
-        for name, spec in algorithm.cohorts.items()}
+    # Only cohorts that have clients (``plans``) are built: an algorithm may define a cohort nobody is in.
+    self.client_rounds = {name: make_client_round(algorithm.cohorts[name], batch_fns[name], plans[name], unroll)
+                          for name in plans}
     self.plans = plans
     self._round = jax.jit(self._whole_round)
-    self._one_client = {name: jax.jit(self._one_client_fn(name)) for name in algorithm.cohorts}
-    self._pieces = {name: self._jitted_pieces(client_pieces(spec, batch_fns[name], plans[name]))
-                    for name, spec in algorithm.cohorts.items()}
+    self._one_client = {name: jax.jit(self._one_client_fn(name)) for name in plans}
+    self._pieces = {name: self._jitted_pieces(client_pieces(algorithm.cohorts[name], batch_fns[name], plans[name]))
+                    for name in plans}
     self._finalize = jax.jit(self._finalize_round)
 
   def __call__(self, server_state, client_states, data, selection):

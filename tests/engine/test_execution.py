@@ -1,6 +1,5 @@
 """The engine: strategies agree, aggregation is the weighted mean, non-finite clients are left out."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,29 +8,9 @@ import pytest
 
 from fedjax_med import tasks
 from fedjax_med.algorithms.fedavg import fedavg
-from fedjax_med.data.format import PreparedDataset
 from fedjax_med.data.pipeline import cohort_data, image_batch_fn
 from fedjax_med.engine import aggregation, execution
-
-
-class TinyConvNet(nn.Module):
-  num_classes: int = 3
-
-  @nn.compact
-  def __call__(self, x, *, train):
-    x = nn.relu(nn.Conv(4, (3, 3))(x))
-    x = nn.BatchNorm(use_running_average=not train)(x)
-    x = jnp.mean(x, axis=(1, 2))
-    return {"logits": nn.Dense(self.num_classes)(x), "features": x}
-
-
-def _client(seed, count):
-  rng = np.random.default_rng(seed)
-  return PreparedDataset({
-      "images": rng.integers(0, 255, (count, 8, 8, 1), dtype=np.uint8),
-      "labels": rng.integers(0, 3, count).astype(np.int32),
-      "group": np.arange(count).astype(str), "site": np.full(count, "s"), "split": np.full(count, "train"),
-  }, {})
+from tests.helpers import TinyConvNet, toy_client
 
 
 def _setup(counts=(5, 9, 7), local_steps=3, local_epochs=0.0, server_tx=None):
@@ -39,7 +18,7 @@ def _setup(counts=(5, 9, 7), local_steps=3, local_epochs=0.0, server_tx=None):
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
   task = tasks.classification(model)
   algorithm = fedavg(task.loss_fn, optax.sgd(0.1), server_tx or optax.sgd(1.0), variables)
-  data, plan = cohort_data([_client(i, c) for i, c in enumerate(counts)], list(range(len(counts))), 4,
+  data, plan = cohort_data([toy_client(i, c) for i, c in enumerate(counts)], list(range(len(counts))), 4,
                            local_steps, local_epochs)
   server = algorithm.init(variables, jax.random.PRNGKey(1))
   clients = jax.tree.map(lambda *x: jnp.stack(x), *[algorithm.cohorts["clients"].client_init(variables, None)

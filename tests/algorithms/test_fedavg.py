@@ -1,0 +1,111 @@
+"""The FedAvg family: server optimizers, FedProx, FedBN / personal layers, cohorts with different updates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med import tasks
+from fedjax_med.algorithms.fedavg import averaging_server_update, fedavg, local_mask, supervised_cohort
+from fedjax_med.data.pipeline import cohort_data, image_batch_fn
+from fedjax_med.engine import execution
+from fedjax_med.engine.types import FederatedAlgorithm
+from tests.helpers import TinyConvNet, toy_client
+
+
+def _setup(algorithm_fn, counts=(5, 9, 7), cohorts=None):
+  model = TinyConvNet()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  task = tasks.classification(model)
+  algorithm = algorithm_fn(task, variables)
+  cohorts = cohorts or {name: list(range(len(counts))) for name in algorithm.cohorts}
+  data, plans, states = {}, {}, {}
+  for name, ids in cohorts.items():
+    data[name], plans[name] = cohort_data([toy_client(i, counts[i]) for i in ids], ids, 4, 3, 0.0)
+    per = [algorithm.cohorts[name].client_init(variables, None) for _ in ids]
+    states[name] = jax.tree.map(lambda *x: jnp.stack(x), *per)
+  batch_fn = image_batch_fn((0.5,), (0.25,), flips=False)
+  server = algorithm.init(variables, jax.random.PRNGKey(1))
+  return algorithm, data, plans, {n: batch_fn for n in cohorts}, server, states, variables
+
+
+def _round(strategy, setup, rounds=1):
+  algorithm, data, plans, batch_fns, server, states, _ = setup
+  runner = execution.RoundRunner(algorithm, batch_fns, plans, strategy=strategy, unroll=True,
+                                 weighting="num_examples")
+  for _ in range(rounds):
+    server, states, report = runner(server, states, data, {n: np.arange(len(data[n].counts)) for n in data})
+  return server, states, report
+
+
+def test_server_adam_applies_optax_adam_to_the_mean_pseudo_gradient():
+  sgd_setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.sgd(0.1), optax.sgd(1.0), v))
+  adam_setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.sgd(0.1), optax.adam(0.01, eps=1e-3), v))
+  sgd_server, _, _ = _round("sequential", sgd_setup)
+  adam_server, _, _ = _round("sequential", adam_setup)
+  start = adam_setup[4].params["params"]
+  mean_local = sgd_server.params["params"]  # with server SGD lr 1 the new model is the mean of the local models
+  pseudo_grad = jax.tree.map(jnp.subtract, start, mean_local)
+  tx = optax.adam(0.01, eps=1e-3)
+  updates, _ = tx.update(pseudo_grad, tx.init(start), start)
+  expected = optax.apply_updates(start, updates)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(adam_server.params["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fedprox_term_keeps_local_models_near_the_global_one():
+  def distance(mu):
+    setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.sgd(0.5), optax.sgd(1.0), v, prox_mu=mu))
+    server, _, _ = _round("sequential", setup)
+    return float(optax.tree.norm(jax.tree.map(jnp.subtract, server.params["params"], setup[4].params["params"])))
+  assert distance(1.5) < 0.8 * distance(0.0)  # lr * mu = 0.75 keeps the proximal pull stable
+
+
+def test_fedbn_and_personal_layers_stay_local():
+  setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.sgd(0.5), optax.sgd(1.0), v, batch_stats="local",
+                                     local_params="Dense_0"))
+  server, states, _ = _round("sequential", setup, rounds=2)
+  start = setup[4].params
+  personal = states["clients"]["personal"]
+  assert set(personal) == {"params/BatchNorm_0/scale", "params/BatchNorm_0/bias", "params/Dense_0/kernel",
+                           "params/Dense_0/bias", "batch_stats/BatchNorm_0/mean", "batch_stats/BatchNorm_0/var"}
+  np.testing.assert_array_equal(server.params["params"]["Dense_0"]["kernel"], start["params"]["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(server.params["batch_stats"]["BatchNorm_0"]["mean"],
+                                start["batch_stats"]["BatchNorm_0"]["mean"])
+  kernels = personal["params/Dense_0/kernel"]
+  assert float(jnp.abs(kernels[0] - kernels[1]).max()) > 1e-4  # each client keeps its own head
+  assert float(jnp.abs(server.params["params"]["Conv_0"]["kernel"] - start["params"]["Conv_0"]["kernel"]).max()) > 0
+  algorithm = setup[0]
+  merged = algorithm.eval_variables(server, jax.tree.map(lambda x: x[1], states["clients"]))
+  np.testing.assert_array_equal(merged["params"]["Dense_0"]["kernel"], kernels[1])
+
+
+def test_local_mask_rejects_unknown_policy():
+  with pytest.raises(ValueError, match="unknown batch_stats policy 'mean'; allowed"):
+    local_mask({"params": {}}, "", "mean")
+
+
+def _two_cohorts(task, variables):
+  """Cohort 'active' trains; cohort 'frozen' sends zero deltas (same message structure)."""
+  mask = local_mask(variables, "", "average")
+  active = supervised_cohort(task.loss_fn, optax.sgd(0.5), mask)
+  frozen = supervised_cohort(task.loss_fn, optax.sgd(0.0), mask)
+  base = fedavg(task.loss_fn, optax.sgd(0.5), optax.sgd(1.0), variables)
+  return FederatedAlgorithm(base.init, {"active": active, "frozen": frozen}, averaging_server_update(optax.sgd(1.0)),
+                            base.eval_variables)
+
+
+def test_cohorts_with_different_updates_in_one_round_agree_across_strategies():
+  cohorts = {"active": [0, 2], "frozen": [1]}
+  results = {s: _round(s, _setup(_two_cohorts, cohorts=cohorts))[0].params for s in execution.STRATEGIES}
+  for s in ("vmap", "unrolled", "stepwise"):
+    for a, b in zip(jax.tree.leaves(results["sequential"]), jax.tree.leaves(results[s])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # the frozen client (9 examples) dilutes the active clients' mean delta by its weight: (5 + 7) / 21
+  setup = _setup(_two_cohorts, cohorts={"active": [0, 2]})
+  active_only = _round("sequential", setup)[0].params["params"]
+  start = setup[4].params["params"]
+  expected = jax.tree.map(lambda s, a: s + (a - s) * 12 / 21, start, active_only)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(results["sequential"]["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
