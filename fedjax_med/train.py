@@ -147,7 +147,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
                                     config.eval.pad_multiple)
   writer = MetricsWriter(workdir, start_round, tensorboard=config.log.tensorboard)
-  record = {"strategy": strategy, "calibration": timings, "backend": jax.default_backend()}
+  record = {"strategy": strategy, "calibration": timings, "backend": jax.default_backend(),
+            "config": config_lib.fingerprint(config)}
 
   # Train loop.
   last_eval: dict[str, Any] = {}

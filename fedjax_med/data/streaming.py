@@ -4,8 +4,9 @@ Each client reads from a random-access source (a prepared dataset's rows, or a
 TFDS ``data_source``) through a ``grain.MapDataset`` that shuffles every epoch from
 a seed of (run seed, client id) and repeats. For round r the host reads batches
 ``r*K .. r*K+K-1`` of every client - a pure function of the round, so a resumed run
-reads the same batches - and stacks them as ``[num_clients, K * batch, ...]`` for
-the engine (``LocalPlan.streamed``).
+reads the same batches - and stacks them as ``[num_clients, K, batch, ...]``; the
+engine reads them flattened to ``[num_clients, K * batch, ...]`` in step order
+(``LocalPlan.streamed``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def client_stream(source: Any, batch_size: int, seed: int, client_id: int) -> gr
 
 
 def round_batches(streams: Sequence[grain.MapDataset], round_num: int, num_steps: int) -> dict[str, np.ndarray]:
-  """This round's batches of every client, stacked: ``{key: [num_clients, num_steps * batch, ...]}``."""
+  """This round's batches of every client, stacked: ``{key: [num_clients, num_steps, batch, ...]}``."""
   per_client = []
   for stream in streams:
     batches = [stream[round_num * num_steps + s] for s in range(num_steps)]
-    per_client.append({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+    per_client.append({k: np.stack([b[k] for b in batches]) for k in batches[0]})
   return {k: np.stack([c[k] for c in per_client]) for k in per_client[0]}
 
 
@@ -63,7 +64,8 @@ class StreamedCohort:
                           max_count=num_steps * batch_size, ragged=False, streamed=True)
 
   def data_for_round(self, round_num: int) -> CohortData:
-    arrays: Mapping[str, np.ndarray] = round_batches(self.streams, round_num, self.plan.num_steps)
+    stacked: Mapping[str, np.ndarray] = round_batches(self.streams, round_num, self.plan.num_steps)
+    arrays = {k: v.reshape((v.shape[0], -1) + v.shape[3:]) for k, v in stacked.items()}
     steps = np.full(len(self.client_ids), self.plan.num_steps, np.int32)
     # counts stay the clients' real sizes: they are the FedAvg weights
     return CohortData({k: jnp.asarray(v) for k, v in arrays.items()}, jnp.asarray(self.counts),

@@ -14,6 +14,8 @@ def test_tfds_split_feeds_stacked_client_batches_through_grain():
     source = tfds_source.TfdsSource("mnist", split="train")
     clients = [tfds_source.Subset(source, range(0, 6)), tfds_source.Subset(source, range(6, 12))]
     cohort = streaming.StreamedCohort(clients, [0, 1], batch_size=4, num_steps=3, seed=0)
+    stacked = streaming.round_batches(cohort.streams, 0, 3)
+    assert stacked["images"].shape == (2, 3, 4, 28, 28, 1) and stacked["labels"].shape == (2, 3, 4)
     data = cohort.data_for_round(0)
     assert data.arrays["images"].shape == (2, 12, 28, 28, 1)
     assert data.arrays["labels"].shape == (2, 12)
