@@ -125,7 +125,7 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
     ({"client__optimizer": "adm"}, r"config.client.optimizer='adm' is not allowed.*Did you mean 'adam'\?"),
     ({"client__batch_size": 0}, r"config.client.batch_size must be > 0; got 0"),
     ({"client__local_epochs": 1.0}, r"exactly one of config.client.local_steps and config.client.local_epochs"),
-    ({"model__name": "resnet"}, r"unknown model 'resnet'; available: \["),
+    ({"model__name": "resnet"}, r"model 'resnet' is not known; available: \["),
     ({"partition__column": "hospital"}, r"config.partition.column='hospital' is not a column"),
 ])
 def test_bad_config_values_name_the_key_and_what_is_allowed(tmp_path, changes, message):

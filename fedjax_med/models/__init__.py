@@ -8,8 +8,6 @@ alone), segmenters ``{"logits": [B, H, W, K], "features": bottleneck}``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -18,22 +16,14 @@ import jax.numpy as jnp
 from fedjax_med.models.cnn import SmallCNN
 from fedjax_med.models.densenet import DenseNet, densenet121, densenet_narrow
 from fedjax_med.models.unet import UNet
+from fedjax_med.registry import Registry
 
-MODELS: dict[str, tuple[Callable[..., nn.Module], type[nn.Module]]] = {}
-
-
-def register(name: str, builder: Callable[..., nn.Module], module: type[nn.Module]) -> None:
-  """Registers ``builder`` (which forwards its keywords to the flax ``module`` class) under ``name``."""
-  if name in MODELS:
-    raise KeyError(f"The model name {name!r} was already registered.")
-  MODELS[name] = (builder, module)
-
-
-register("unet", UNet, UNet)
-register("densenet121", densenet121, DenseNet)
-register("densenet_narrow", densenet_narrow, DenseNet)
-register("densenet", DenseNet, DenseNet)
-register("small_cnn", SmallCNN, SmallCNN)
+MODELS = Registry("model")  # name -> (builder, the flax module class whose fields it accepts)
+MODELS.add("unet", (UNet, UNet))
+MODELS.add("densenet121", (densenet121, DenseNet))
+MODELS.add("densenet_narrow", (densenet_narrow, DenseNet))
+MODELS.add("densenet", (DenseNet, DenseNet))
+MODELS.add("small_cnn", (SmallCNN, SmallCNN))
 
 
 def _accepted(module: type[nn.Module]) -> set[str]:
@@ -42,11 +32,7 @@ def _accepted(module: type[nn.Module]) -> set[str]:
 
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   """Builds a registered model; unknown names and keywords raise ValueError listing what is allowed."""
-  if name not in MODELS:
-    close = difflib.get_close_matches(name, MODELS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}.{hint}")
-  builder, module = MODELS[name]
+  builder, module = MODELS.get(name, what="model")
   unknown = sorted(set(kwargs) - _accepted(module))
   if unknown:
     raise ValueError(f"model {name!r} does not take {unknown}; it takes {sorted(_accepted(module))}")
@@ -62,4 +48,4 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-__all__ = ["MODELS", "DenseNet", "SmallCNN", "UNet", "count_params", "get_model", "init_variables", "register"]
+__all__ = ["MODELS", "DenseNet", "SmallCNN", "UNet", "count_params", "get_model", "init_variables"]

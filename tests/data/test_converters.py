@@ -169,7 +169,7 @@ def test_medmnist_npz_through_prepare_and_load(tmp_path):
 def test_unknown_converter_lists_the_names(capsys):
   assert prepare.main(["hamm10000", "--raw", "/x", "--out", "/tmp/never"]) == 2
   err = capsys.readouterr().err
-  assert "unknown dataset 'hamm10000'" in err and "'drive'" in err and "Did you mean 'ham10000'?" in err
+  assert "dataset 'hamm10000' is not known" in err and "'drive'" in err and "Did you mean 'ham10000'?" in err
 
 
 def test_missing_raw_folder_is_named(capsys):

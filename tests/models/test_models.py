@@ -53,7 +53,7 @@ def test_bad_arguments_name_the_argument():
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 16, 1)), train=False)
   with pytest.raises(ValueError, match="UNet `norm` must be one of"):
     models.get_model("unet", 2, norm="layer").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)), train=False)
-  with pytest.raises(ValueError, match="unknown model 'unet3d'; available: .*Did you mean 'unet'"):
+  with pytest.raises(ValueError, match="model 'unet3d' is not known; available: .*Did you mean 'unet'"):
     models.get_model("unet3d", 2)
   with pytest.raises(ValueError, match="model 'small_cnn' does not take \\['depth'\\]"):
     models.get_model("small_cnn", 2, depth=3)
