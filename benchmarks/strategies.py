@@ -68,7 +68,8 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   picked, calibration = auto.calibrate(make_runner, server, clients, data, exp.plans, selection,
                                        tuple(config.execution.candidates), config.execution.calibration_steps,
-                                       config.execution.calibration_repeats, config.execution.calibration_clients)
+                                       config.execution.calibration_repeats, config.execution.calibration_clients,
+                                       config.num_rounds, scan_unroll(config))
   calibration_s = time.perf_counter() - start
   steps = exp.plans[next(iter(exp.plans))].num_steps
   result = {"config": args.config, "backend": jax.default_backend(), "devices": str(jax.devices()),
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
   for s in args.strategies:
     median = result["median_round_s"][s]
     print(f"| {s} | {median:.3f} | {median / best:.2f}x | {first[s]:.1f} |")
-  print(f"\nauto picks: {picked} (calibration took {calibration_s:.1f} s: "
-        + ", ".join(f"{k} {v['round_s']:.3f} s" for k, v in calibration.items()) + ")")
+  print(f"\nauto picks: {picked} for {config.num_rounds} rounds (calibration took {calibration_s:.1f} s; "
+        "estimated run time: " + ", ".join(f"{k} {v['run_estimate_s']:.0f} s" for k, v in calibration.items()) + ")")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=1)

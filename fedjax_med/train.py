@@ -109,9 +109,11 @@ def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
       weighting=exp.config.aggregation.weighting)
   best, timings = auto.calibrate(make_runner, server_state, client_states, exp.data_for_round(0), exp.plans,
                                  selection_for(exp, 0), tuple(cfg.candidates), cfg.calibration_steps,
-                                 cfg.calibration_repeats, cfg.calibration_clients)
+                                 cfg.calibration_repeats, cfg.calibration_clients, exp.config.num_rounds,
+                                 scan_unroll(exp.config))
   for name, t in timings.items():
-    log.info("auto: %-10s %.3f s per shortened round (+%.1f s compile)", name, t["round_s"], t["compile_s"])
+    log.info("auto: %-10s %.3f s per shortened round (+%.1f s compile) -> est. %.0f s for the run", name,
+             t["round_s"], t["compile_s"], t["run_estimate_s"])
   log.info("auto picked %s on backend %s", best, jax.default_backend())
   return best, timings
 

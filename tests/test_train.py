@@ -132,3 +132,14 @@ def test_bad_config_values_name_the_key_and_what_is_allowed(tmp_path, changes, m
   with pytest.raises(ValueError, match=message):
     train.run(tiny_config(**changes), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")  # nothing written
+
+
+def test_auto_measures_the_candidates_records_the_pick_and_keeps_it_on_resume(tmp_path, caplog):
+  caplog.set_level("INFO", logger="fedjax_med")
+  summary = train.run(tiny_config(num_rounds=2, execution__strategy="auto"), str(tmp_path))
+  assert set(summary["calibration"]) == {"vmap", "unrolled", "sequential", "stepwise"}
+  assert summary["strategy"] == min(summary["calibration"], key=lambda s: summary["calibration"][s]["run_estimate_s"])
+  assert f"auto picked {summary['strategy']} on backend cpu" in caplog.text
+  caplog.clear()
+  resumed = train.run(tiny_config(num_rounds=3, execution__strategy="auto"), str(tmp_path))
+  assert resumed["strategy"] == summary["strategy"] and "auto picked" not in caplog.text  # no new calibration

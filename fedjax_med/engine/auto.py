@@ -1,8 +1,12 @@
 """``execution.strategy='auto'``: measure each lowering on this backend and keep the fastest.
 
 The candidates run a shortened round (``calibration_steps`` local steps of the first
-``calibration_clients`` clients of every cohort) on the real model and data;
-compilation is excluded from the timing and reported beside it. Outputs are
+``calibration_clients`` clients of every cohort) on the real model and data. Each
+measurement is scaled to the full run: round time by the ratio of client-steps, and
+compile time by the ratio of step copies in the compiled program (an unrolled scan
+holds one copy per step, ``unrolled`` one per client-step, ``stepwise`` a single
+step). The strategy with the smallest estimated ``compile + rounds x round`` wins, so
+a few percent of per-step speed never buys minutes of compilation. Outputs are
 discarded: the functions are pure, so calibration cannot change the run.
 """
 
@@ -25,24 +29,38 @@ def shortened(data: Mapping[str, CohortData], plans: Mapping[str, LocalPlan], nu
   return short_data, short_plans
 
 
+def step_copies(strategy: str, steps: int, clients: int, unroll: int | bool) -> int:
+  """How many copies of the local step the strategy's largest compiled program holds."""
+  if strategy == "stepwise":
+    return 1
+  per_client = steps if unroll is True else min(int(unroll), steps)
+  return per_client * (clients if strategy == "unrolled" else 1)
+
+
+def time_round(runner: RoundRunner, server_state, client_states, data, selection) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(runner(server_state, client_states, data, selection)[0])
+  return time.perf_counter() - start
+
+
 def calibrate(make_runner: Callable[[str, Mapping[str, LocalPlan]], RoundRunner], server_state, client_states,
               data: Mapping[str, CohortData], plans: Mapping[str, LocalPlan], selection,
-              candidates: Sequence[str], num_steps: int, repeats: int,
-              num_clients: int) -> tuple[str, dict[str, dict[str, float]]]:
-  """Returns (fastest strategy, {strategy: {"compile_s", "round_s"}}) measured here."""
+              candidates: Sequence[str], num_steps: int, repeats: int, num_clients: int, num_rounds: int,
+              unroll: int | bool) -> tuple[str, dict[str, dict[str, float]]]:
+  """Returns (strategy with the smallest estimated run time, per-strategy measurements and estimates)."""
   short_data, short_plans = shortened(data, plans, num_steps)
-  selection = {k: np.asarray(v)[:num_clients] for k, v in selection.items()}
+  short_selection = {k: np.asarray(v)[:num_clients] for k, v in selection.items()}
+  full_client_steps = sum(len(selection[k]) * plans[k].num_steps for k in plans)
+  short_client_steps = sum(len(short_selection[k]) * short_plans[k].num_steps for k in plans)
   timings = {}
   for strategy in candidates:
     runner = make_runner(strategy, short_plans)
-    start = time.perf_counter()
-    jax.block_until_ready(runner(server_state, client_states, short_data, selection)[0])
-    first = time.perf_counter() - start
-    samples = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(runner(server_state, client_states, short_data, selection)[0])
-      samples.append(time.perf_counter() - start)
-    best = min(samples)
-    timings[strategy] = {"compile_s": max(first - best, 0.0), "round_s": best}
-  return min(timings, key=lambda s: timings[s]["round_s"]), timings
+    first = time_round(runner, server_state, client_states, short_data, short_selection)
+    best = min(time_round(runner, server_state, client_states, short_data, short_selection) for _ in range(repeats))
+    compile_s = max(first - best, 0.0)
+    copies = max(step_copies(strategy, plans[k].num_steps, len(selection[k]), unroll) /
+                 step_copies(strategy, short_plans[k].num_steps, len(short_selection[k]), unroll) for k in plans)
+    round_estimate = best * full_client_steps / short_client_steps
+    timings[strategy] = {"compile_s": compile_s, "round_s": best, "round_estimate_s": round_estimate,
+                         "run_estimate_s": compile_s * copies + num_rounds * round_estimate}
+  return min(timings, key=lambda s: timings[s]["run_estimate_s"]), timings
