@@ -41,4 +41,7 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from fedjax_med import xla_flags
+
+  xla_flags.apply_cpu_defaults()  # before anything imports jax
   app.run(main, flags_parser=parse_flags)

@@ -1,87 +1,145 @@
-"""Adapters for the team's compact npz files (the ``FEDJAX_MED_DATA`` folder): already-prepared copies.
+"""Adapters for the team's compact npz files (the ``FEDJAX_MED_DATA`` folder), already-prepared copies.
 
-``load_compact(name, path)`` turns ``ham10000_64.npz``, ``drive.npz``,
-``acdc_slices_128.npz`` or ``pneumoniamnist_28.npz`` into a PreparedDataset in
-memory. Users with the original downloads run ``python -m fedjax_med.data.prepare``.
+``load_compact(name, path)`` turns one of these files into a ``PreparedDataset`` in memory,
+reading only the keys it needs (HAM10000's file is 100 MB):
+
+==================  =========================  ===========================================
+name                file                       mapping
+==================  =========================  ===========================================
+``ham10000``        ``ham10000_64.npz``        images, labels, masks, split as stored;
+                                               lesion_id -> group, localization -> site
+``drive``           ``drive.npz``              images; vessel -> masks; fov; split
+                                               training -> train, test -> test;
+                                               vessel_2nd_test -> masks_2nd (255 on the
+                                               training rows); group = ``drive_NN`` from
+                                               image_id; site ``drive``
+``acdc``            ``acdc_slices_128.npz``    images -> [N, 128, 128, 1]; labels -> masks;
+                                               scribbles (4 = unannotated = meta
+                                               ignore_index); group = ``patient%03d``;
+                                               site = the pathology group column;
+                                               slice_idx; labels = -1
+``pneumoniamnist``  ``pneumoniamnist_28.npz``  the MedMNIST converter's logic
+==================  =========================  ===========================================
+
+ACDC's file has no split: the patients of each pathology group are shuffled with ``seed``
+(default 0) and 20% of them (4 of 20) go to ``test``, the rest to ``train`` - the same rule
+as the ACDC converter's default (``converters.common.grouped_split``). Users with the original
+downloads run ``python -m fedjax_med.data.prepare NAME --raw DIR --out DIR`` instead.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Callable
+
 import numpy as np
 
+from fedjax_med.data.converters import acdc as acdc_converter
+from fedjax_med.data.converters import common, medmnist
+from fedjax_med.data.converters.ham10000 import CLASSES as HAM_CLASSES
 from fedjax_med.data.format import DatasetError, PreparedDataset
 
-HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 ACDC_TEST_FRACTION = 0.2
 
 
+def _require(path: str) -> str:
+  if not os.path.isfile(path):
+    raise DatasetError(f"{path} does not exist; expected a compact npz of the team's data folder (FEDJAX_MED_DATA)")
+  return path
+
+
 def _load(path: str, keys: list[str]) -> dict[str, np.ndarray]:
+  """Only ``keys`` of the npz at ``path``; DatasetError naming the file when it is missing, broken or lacks a key."""
+  _require(path)
   try:
     with np.load(path, allow_pickle=False) as data:
       missing = [k for k in keys if k not in data.files]
       if missing:
-        raise DatasetError(f"{path} lacks keys {missing}; is it the right file?")
+        raise DatasetError(f"{path} lacks the keys {missing}; its keys are {sorted(data.files)}; wrong file?")
       return {k: data[k] for k in keys}
-  except (OSError, ValueError) as e:
-    raise DatasetError(f"{path} cannot be read as npz ({e})") from e
+  except DatasetError:
+    raise
+  except Exception as e:  # zipfile.BadZipFile, OSError, ValueError for a broken file
+    raise DatasetError(f"{path} cannot be read as npz: {type(e).__name__}: {e}") from e
 
 
-def ham10000(path: str) -> PreparedDataset:
+def ham10000(path: str, seed: int = 0) -> PreparedDataset:
+  """``ham10000_64.npz``: its lesion-grouped 70/10/20 split is kept (``seed`` is unused)."""
+  del seed
   d = _load(path, ["images", "labels", "masks", "split", "lesion_id", "localization"])
   arrays = {"images": d["images"], "labels": d["labels"].astype(np.int32), "masks": d["masks"],
             "group": d["lesion_id"].astype(str), "site": d["localization"].astype(str), "split": d["split"].astype(str)}
-  meta = {"name": "ham10000", "num_classes": 7, "class_names": HAM_CLASSES, "num_mask_classes": 2,
-          "mask_names": ["background", "lesion"], "ignore_index": None, "source": path}
+  meta = {"name": "ham10000", "num_classes": len(HAM_CLASSES), "class_names": list(HAM_CLASSES),
+          "num_mask_classes": 2, "mask_names": ["background", "lesion"], "ignore_index": None, "source": path,
+          "groups": "lesion_id", "sites": "localization column"}
   return PreparedDataset(arrays, meta)
 
 
-def drive(path: str) -> PreparedDataset:
+def drive(path: str, seed: int = 0) -> PreparedDataset:
+  """``drive.npz``: 20 training + 20 test images; the 2nd observer exists for the test images only."""
+  del seed
   d = _load(path, ["images", "vessel", "fov", "split", "image_id", "vessel_2nd_test"])
-  split = np.where(d["split"].astype(str) == "training", "train", "test")
+  stored = d["split"].astype(str)
+  unknown = set(stored.tolist()) - {"training", "test"}
+  if unknown:
+    raise DatasetError(f"{path}: split values {sorted(unknown)}; expected 'training' / 'test'")
+  split = np.where(stored == "training", "train", "test")
+  test_rows = np.flatnonzero(split == "test")
+  if len(d["vessel_2nd_test"]) != len(test_rows):
+    raise DatasetError(f"{path}: vessel_2nd_test has {len(d['vessel_2nd_test'])} rows for {len(test_rows)} test images")
   second = np.full(d["vessel"].shape, 255, np.uint8)
-  second[split == "test"] = d["vessel_2nd_test"]  # stored in the order of the test rows
+  second[test_rows] = d["vessel_2nd_test"]  # stored in the order of the test rows
   arrays = {"images": d["images"], "masks": d["vessel"], "fov": d["fov"], "masks_2nd": second,
-            "group": np.char.add("drive", d["image_id"].astype(str)), "site": np.full(len(split), "drive"),
+            "group": np.array([f"drive_{int(i):02d}" for i in d["image_id"]]), "site": np.full(len(split), "drive"),
             "split": split}
-  meta = {"name": "drive", "num_classes": 0, "num_mask_classes": 2, "mask_names": ["background", "vessel"],
-          "ignore_index": None, "source": path}
+  meta = {"name": "drive", "num_classes": 0, "class_names": [], "num_mask_classes": 2,
+          "mask_names": ["background", "vessel"], "ignore_index": None, "source": path,
+          "groups": "one group per image (drive_NN)"}
   return PreparedDataset(arrays, meta)
 
 
 def acdc(path: str, seed: int = 0) -> PreparedDataset:
-  """ACDC slices; patients split 80/20 train/test within each pathology group (seeded)."""
-  d = _load(path, ["images", "labels", "scribbles", "patient_id", "frame", "slice_idx", "group"])
-  patients = d["patient_id"].astype(int)
-  split = np.full(len(patients), "train", dtype="<U5")
-  rng = np.random.default_rng(seed)
-  for pathology in np.unique(d["group"]):
-    members = np.unique(patients[d["group"] == pathology])
-    test = rng.permutation(members)[: int(round(ACDC_TEST_FRACTION * len(members)))]
-    split[np.isin(patients, test)] = "test"
-  arrays = {"images": d["images"][..., None], "masks": d["labels"], "scribbles": d["scribbles"],
-            "group": np.char.mod("patient%03d", patients), "site": d["group"].astype(str), "split": split,
-            "slice_idx": d["slice_idx"].astype(np.int32), "labels": np.full(len(patients), -1, np.int32)}
-  meta = {"name": "acdc", "num_classes": 0, "num_mask_classes": 4, "mask_names": ["background", "RV", "Myo", "LV"],
-          "ignore_index": 4, "frame": "rows of one volume share group (patient) and frame", "source": path}
+  """``acdc_slices_128.npz``: patients split 80/20 train/test within each pathology group (seeded)."""
+  d = _load(path, ["images", "labels", "scribbles", "patient_id", "slice_idx", "group"])
+  group = np.char.mod("patient%03d", d["patient_id"].astype(np.int64))
+  site = d["group"].astype(str)
+  split = common.grouped_split(group, site, {"train": 1 - ACDC_TEST_FRACTION, "test": ACDC_TEST_FRACTION}, seed)
+  arrays = {"images": d["images"][..., None], "masks": d["labels"], "scribbles": d["scribbles"], "group": group,
+            "site": site, "split": split, "slice_idx": d["slice_idx"].astype(np.int32),
+            "labels": np.full(len(group), -1, np.int32)}
+  meta = {"name": "acdc", "num_classes": 0, "class_names": [], "num_mask_classes": len(acdc_converter.MASK_NAMES),
+          "mask_names": acdc_converter.MASK_NAMES, "ignore_index": acdc_converter.UNANNOTATED, "source": path,
+          "seed": seed, "test_fraction": ACDC_TEST_FRACTION, "scribbles": True,
+          "volumes": "a volume = consecutive rows of one group (patient) with slice_idx 0..S-1, frames in order",
+          "groups": "patient", "sites": "pathology group"}
   return PreparedDataset(arrays, meta)
 
 
-def pneumoniamnist(path: str) -> PreparedDataset:
-  parts = {s: _load(path, [f"{s}_images", f"{s}_labels"]) for s in ("train", "val", "test")}
-  images = np.concatenate([parts[s][f"{s}_images"] for s in parts])[..., None]
-  labels = np.concatenate([parts[s][f"{s}_labels"].reshape(-1) for s in parts]).astype(np.int32)
-  split = np.concatenate([np.full(len(parts[s][f"{s}_labels"]), s) for s in parts])
-  arrays = {"images": images, "labels": labels, "group": np.arange(len(labels)).astype(str),
-            "site": np.full(len(labels), ""), "split": split}
-  meta = {"name": "pneumoniamnist", "num_classes": 2, "class_names": ["normal", "pneumonia"], "num_mask_classes": 0,
-          "ignore_index": None, "groups": "MedMNIST has no patient ids: one group per image", "source": path}
+def pneumoniamnist(path: str, seed: int = 0) -> PreparedDataset:
+  """``pneumoniamnist_28.npz`` through the MedMNIST converter (official split sizes 4708/524/624)."""
+  del seed
+  arrays, meta = medmnist.from_parts(medmnist.read_parts(_require(path)), "pneumoniamnist", path, num_classes=2)
   return PreparedDataset(arrays, meta)
 
 
-ADAPTERS = {"ham10000": ham10000, "drive": drive, "acdc": acdc, "pneumoniamnist": pneumoniamnist}
+ADAPTERS: dict[str, Callable[..., PreparedDataset]] = {
+    "ham10000": ham10000, "drive": drive, "acdc": acdc, "pneumoniamnist": pneumoniamnist}
 
 
-def load_compact(name: str, path: str) -> PreparedDataset:
+def load_compact(name: str, path: str, seed: int = 0) -> PreparedDataset:
+  """The team's compact npz ``path`` of dataset ``name`` as a PreparedDataset in memory.
+
+  Args:
+    name: ``ham10000``, ``drive``, ``acdc`` or ``pneumoniamnist``.
+    path: the ``.npz`` file.
+    seed: seed of the derived split where the file has none (ACDC).
+
+  Raises:
+    DatasetError: an unknown name (listing the known ones), or a missing, broken or wrong file.
+  """
   if name not in ADAPTERS:
-    raise DatasetError(f"no compact-file adapter for dataset {name!r}; available: {sorted(ADAPTERS)}")
-  return ADAPTERS[name](path)
+    close = difflib.get_close_matches(name, ADAPTERS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise DatasetError(f"no compact-file adapter for dataset {name!r}; available: {sorted(ADAPTERS)}.{hint}")
+  return ADAPTERS[name](path, seed=seed)

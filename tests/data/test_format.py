@@ -1,5 +1,6 @@
 """The prepared format: round trip, validation naming the key, missing data naming the prepare command."""
 
+import json
 import os
 
 import numpy as np
@@ -12,21 +13,30 @@ from fedjax_med.data.sources import load_dataset
 def _arrays(n=4):
   return {"images": np.zeros((n, 6, 5, 1), np.uint8), "group": np.array(["a", "a", "b", "c"][:n]),
           "site": np.full(n, "s"), "split": np.array(["train", "train", "test", "val"][:n]),
-          "labels": np.arange(n), "masks": np.ones((n, 6, 5), np.uint8)}
+          "labels": np.arange(n), "masks": np.ones((n, 6, 5), np.uint8), "masks_2nd": np.full((n, 6, 5), 255),
+          "slice_idx": np.arange(n, dtype=np.int64), "spacing": np.ones((n, 3))}
 
 
 def test_save_and_load_round_trip(tmp_path):
-  fmt.save_prepared(_arrays(), {"name": "toy", "num_classes": 4}, str(tmp_path / "toy"))
+  arrays = _arrays()
+  fmt.save_prepared(arrays, {"name": "toy", "num_classes": 4}, str(tmp_path / "toy"))
+  assert sorted(os.listdir(tmp_path / "toy")) == [fmt.ARRAYS_FILE, fmt.META_FILE] and os.listdir(tmp_path) == ["toy"]
   dataset = fmt.load_prepared(str(tmp_path / "toy"))
   assert dataset.meta["format_version"] == fmt.FORMAT_VERSION and dataset.meta["name"] == "toy"
-  assert dataset.arrays["labels"].dtype == np.int32 and len(dataset.split("train")) == 2
+  for key, dtype in (("labels", np.int32), ("slice_idx", np.int32), ("spacing", np.float32), ("masks_2nd", np.uint8)):
+    assert dataset.arrays[key].dtype == dtype
+    np.testing.assert_array_equal(dataset.arrays[key], arrays[key])
+  assert dataset.arrays["group"].dtype.kind == "U" and len(dataset) == 4 and dataset.has("masks")
+  assert len(dataset.split("train")) == 2 and list(dataset.select(np.array([3, 0])).arrays["split"]) == ["val", "train"]
   with pytest.raises(fmt.DatasetError, match="exists already"):
     fmt.save_prepared(_arrays(), {}, str(tmp_path / "toy"))
 
 
 @pytest.mark.parametrize("change,message", [
     (lambda a: a.pop("group"), "required key 'group' is missing"),
+    (lambda a: a.update(images=np.zeros((4, 6, 5), np.uint8)), "'images' must be uint8 \\[N, H, W, 1\\|3\\]"),
     (lambda a: a.update(masks=np.ones((4, 6, 6), np.uint8)), "'masks' must be \\[N, H, W\\]"),
+    (lambda a: a.update(masks_2nd=np.ones((4, 5, 6), np.uint8)), "'masks_2nd' must be \\[N, H, W\\]"),
     (lambda a: a.update(split=np.array(["train", "train", "test", "dev"])), "split values \\['dev'\\]"),
     (lambda a: a.update(labels=np.arange(3)), "'labels' has 3 rows, 'images' has 4"),
     (lambda a: a.update(extra=np.arange(4)), "unknown keys \\['extra'\\]"),
@@ -36,39 +46,36 @@ def test_validation_names_the_key(tmp_path, change, message):
   change(arrays)
   with pytest.raises(fmt.DatasetError, match=message):
     fmt.save_prepared(arrays, {}, str(tmp_path / "bad"))
-  assert not os.path.exists(tmp_path / "bad")
+  assert os.listdir(tmp_path) == []  # nothing written, no temporary directory left
 
 
-def test_missing_and_half_prepared_datasets_name_the_path_and_the_command(tmp_path):
+def test_load_prepared_names_the_path_and_the_prepare_command(tmp_path):
+  with pytest.raises(fmt.DatasetError, match=f"dataset directory {tmp_path}/nothing does not exist; prepare it with: "
+                                             "python -m fedjax_med.data.prepare"):
+    fmt.load_prepared(str(tmp_path / "nothing"))
+  half = tmp_path / "half"
+  half.mkdir()
+  (half / fmt.META_FILE).write_text("{}")
+  with pytest.raises(fmt.DatasetError, match=f"{half}/arrays.npz is missing \\(half-prepared dataset\\?\\); "
+                                             "prepare it with: python -m fedjax_med.data.prepare"):
+    fmt.load_prepared(str(half))
+  (half / fmt.ARRAYS_FILE).write_bytes(b"garbage")
+  with pytest.raises(fmt.DatasetError, match=f"{half}/arrays.npz cannot be read"):
+    fmt.load_prepared(str(half))
+
+
+def test_load_prepared_validates_what_it_reads(tmp_path):
+  root = tmp_path / "edited"
+  fmt.save_prepared(_arrays(), {"name": "toy"}, str(root))
+  arrays = dict(np.load(root / fmt.ARRAYS_FILE))
+  del arrays["site"]
+  np.savez(root / fmt.ARRAYS_FILE, **arrays)
+  with pytest.raises(fmt.DatasetError, match=f"{root}: required key 'site' is missing"):
+    fmt.load_prepared(str(root))
+  assert json.loads((root / fmt.META_FILE).read_text())["format_version"] == fmt.FORMAT_VERSION
+
+
+def test_load_dataset_names_the_prepare_command_for_the_dataset(tmp_path):
   with pytest.raises(fmt.DatasetError, match=f"{tmp_path}/nothing does not exist; prepare it with: python -m "
                                              "fedjax_med.data.prepare drive"):
     load_dataset("drive", str(tmp_path / "nothing"))
-  half = tmp_path / "half"
-  half.mkdir()
-  (half / "meta.json").write_text("{}")
-  with pytest.raises(fmt.DatasetError, match="arrays.npz is missing \\(half-prepared dataset\\?\\)"):
-    load_dataset("drive", str(half))
-  with pytest.raises(fmt.DatasetError, match="data.root is empty for dataset 'ham10000'"):
-    load_dataset("ham10000", "")
-
-
-def test_compact_files_of_the_data_folder(data_root):
-  drive = load_dataset("drive", os.path.join(data_root, "drive", "drive.npz"))
-  assert len(drive) == 40 and (drive.arrays["split"] == "test").sum() == 20
-  test = drive.split("test")
-  assert (test.arrays["masks_2nd"] != 255).all() and (drive.split("train").arrays["masks_2nd"] == 255).all()
-  pneumonia = load_dataset("pneumoniamnist", os.path.join(data_root, "pneumoniamnist", "pneumoniamnist_28.npz"))
-  assert [len(pneumonia.split(s)) for s in ("train", "val", "test")] == [4708, 524, 624]
-  acdc = load_dataset("acdc", os.path.join(data_root, "acdc", "acdc_slices_128.npz"))
-  assert len(acdc) == 1902 and acdc.meta["num_mask_classes"] == 4
-  for patient in np.unique(acdc.arrays["group"]):
-    assert len(np.unique(acdc.arrays["split"][acdc.arrays["group"] == patient])) == 1
-  assert len(np.unique(acdc.split("test").arrays["group"])) == 20  # 4 of 20 patients per pathology group
-
-
-def test_compact_ham10000(data_root):
-  ham = load_dataset("ham10000", os.path.join(data_root, "ham10000", "ham10000_64.npz"))
-  assert len(ham) == 10015 and ham.arrays["images"].shape[1:] == (64, 64, 3)
-  np.testing.assert_array_equal(np.bincount(ham.arrays["labels"]), [327, 514, 1099, 115, 1113, 6705, 142])
-  train, test = set(ham.split("train").arrays["group"]), set(ham.split("test").arrays["group"])
-  assert not train & test  # lesion-grouped split

@@ -1,7 +1,13 @@
 """Converters from each dataset's original download to the prepared format (see ``format.py``).
 
-Registry: name -> ``converter(raw_dir, options) -> (arrays, meta)``. A converter reads
-only; ``fedjax_med.data.prepare`` validates and writes atomically.
+``CONVERTERS`` maps a name to ``converter(raw_dir, options) -> (arrays, meta)``; the modules below
+fill it with the ``register(name, ...)`` decorator (a duplicate name is a KeyError). A converter
+only reads: ``python -m fedjax_med.data.prepare`` validates its output and writes it atomically.
+Every converter raises ``DatasetError`` naming the file for an unreadable image or volume and the
+path plus what was expected there for a missing folder or file.
+
+Options come from the command line as strings (``--option key=value``) or from Python as values;
+``size`` and ``seed`` are common to most converters.
 """
 
 from __future__ import annotations
@@ -19,7 +25,17 @@ register = CONVERTERS.register
 
 
 def get_converter(name: str) -> Converter:
+  """The converter registered as ``name``.
+
+  Raises:
+    ValueError: for an unknown name, listing the available names and the closest match.
+  """
   return CONVERTERS.get(name, what="dataset")
+
+
+def available() -> list[str]:
+  """The registered converter names, sorted."""
+  return sorted(CONVERTERS)
 
 
 from fedjax_med.data.converters import acdc, drive, ham10000, medmnist, stare  # noqa: E402,F401
