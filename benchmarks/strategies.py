@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     config.client.local_steps = args.local_steps
   exp = experiment.build(config)
   server, clients = experiment.initial_state(exp)
-  data, selection = exp.data_for_round(0), selection_for(exp, 0)
+  data, selection = exp.data_for_round(0), selection_for(exp, None)
   runners = {s: execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=s, unroll=scan_unroll(config),
                                       weighting=config.aggregation.weighting) for s in args.strategies}
   first, samples = {}, {s: [] for s in args.strategies}

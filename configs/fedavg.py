@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_mode = "images"  # images (whole examples) | patches (random crops)
   config.data.patch_size = 0
   config.data.flips = True  # random horizontal/vertical flips on device
+  config.data.views = ()  # classification: augmented views per example, e.g. ("weak", "strong"); () = flips only
+  config.data.cohort_views = {}  # cohort name -> views, overriding data.views for that cohort
   config.data.mean = (0.5,)  # per-channel normalisation of x/255
   config.data.std = (0.25,)
   config.data.eval_split = "test"

@@ -130,12 +130,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   key_model, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = models.init_variables(model, key_model, input_shape)
   task = build_task(config, model)
-  algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables)
+  algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables, model)
   cohorts: dict[str, list[int]] = {}
   for client_id, role in enumerate(roles(len(clients))):
     cohorts.setdefault(role, []).append(client_id)
-  batch_fn = make_batch_fn(config.data.batch_mode, mean=tuple(config.data.mean), std=tuple(config.data.std),
-                           flips=config.data.flips, patch_size=config.data.patch_size)
+  cohort_views = dict(config.data.cohort_views)
+  batch_fns = {name: make_batch_fn(config.data.batch_mode, mean=tuple(config.data.mean), std=tuple(config.data.std),
+                                   flips=config.data.flips, patch_size=config.data.patch_size,
+                                   views=tuple(cohort_views.get(name, config.data.views)))
+               for name in cohorts}
   data, plans, streamed = {}, {}, {}
   for name, ids in cohorts.items():
     if config.data.loader == "grain":
@@ -147,7 +150,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       data[name], plans[name] = cohort_data([clients[i] for i in ids], ids, config.client.batch_size,
                                             config.client.local_steps, config.client.local_epochs)
   return Experiment(config, meta, clients, eval_dataset, cohorts, model, task, variables, algorithm, data,
-                    plans, {name: batch_fn for name in cohorts}, streamed)
+                    plans, batch_fns, streamed)
 
 
 def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:

@@ -62,9 +62,15 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 # -- rounds -----------------------------------------------------------------------------------------------------------
-def selection_for(exp: experiment.Experiment, round_num: int) -> dict[str, np.ndarray]:
-  return {name: select_clients(exp.config.seed, round_num, i, len(ids), experiment.num_selected(exp, name))
-          for i, (name, ids) in enumerate(sorted(exp.cohorts.items()))}
+def selection_for(exp: experiment.Experiment, round_num: int | None) -> dict[str, np.ndarray]:
+  """Participants per cohort in ``round_num`` (cohorts the algorithm rests that round are absent).
+
+  ``round_num=None`` selects every cohort as in round 0 (used to measure a full round).
+  """
+  participates = exp.algorithm.participates
+  return {name: select_clients(exp.config.seed, round_num or 0, i, len(ids), experiment.num_selected(exp, name))
+          for i, (name, ids) in enumerate(sorted(exp.cohorts.items()))
+          if round_num is None or participates is None or participates(name, round_num)}
 
 
 def check_finite(report: execution.RoundReport, round_num: int, policy: str) -> list[int]:
@@ -87,7 +93,8 @@ def round_record(report: execution.RoundReport, round_num: int, seconds: float, 
     for i, client in enumerate(ids):
       clients[int(client)] = {k: float(v[i]) for k, v in report.metrics[name].items()} | {"cohort": name}
   finite = [v for c, v in clients.items() if c not in excluded]
-  train = {k: float(np.mean([v[k] for v in finite])) for k in (finite[0] if finite else {}) if k != "cohort"}
+  keys = sorted({k for v in finite for k in v if k != "cohort"})  # cohorts may report different metrics
+  train = {k: float(np.mean([v[k] for v in finite if k in v])) for k in keys}
   return {"round": round_num + 1, "seconds": seconds, "train": train, "clients": clients, "excluded": excluded,
           "server": {k: float(v) for k, v in report.server_metrics.items()}}
 
@@ -108,7 +115,7 @@ def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
       exp.algorithm, exp.batch_fns, plans, strategy=strategy, unroll=scan_unroll(exp.config),
       weighting=exp.config.aggregation.weighting)
   best, timings = auto.calibrate(make_runner, server_state, client_states, exp.data_for_round(0), exp.plans,
-                                 selection_for(exp, 0), tuple(cfg.candidates), cfg.calibration_steps,
+                                 selection_for(exp, None), tuple(cfg.candidates), cfg.calibration_steps,
                                  cfg.calibration_repeats, cfg.calibration_clients, exp.config.num_rounds,
                                  scan_unroll(exp.config))
   for name, t in timings.items():

@@ -1,4 +1,4 @@
-"""Registry of federated algorithms: name -> builder ``(config, task, variables) -> (FederatedAlgorithm, roles)``.
+"""Registry of federated algorithms: name -> builder ``(config, task, variables, model) -> (algorithm, roles)``.
 
 ``roles(num_clients)`` names the cohort of every client. A new method is one module
 here plus one config (and its losses).

@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from fedjax_med.algorithms import fedavg as fedavg_lib
+from fedjax_med.algorithms import fedirm as fedirm_lib
 from fedjax_med.algorithms import register
 from fedjax_med.engine import aggregation
 from fedjax_med.optimizers import client_optimizer
 
 
-@register("fedavg")
-def build_fedavg(config: ml_collections.ConfigDict, task, variables):
-  """FedAvg family: every client is in the one cohort ``clients``."""
-  algo = config.algorithm
+def server_optimizer(config: ml_collections.ConfigDict):
   server = config.server
+  return aggregation.server_optimizer(server.optimizer, server.learning_rate, server.momentum, server.b1, server.b2,
+                                      server.eps)
+
+
+@register("fedavg")
+def build_fedavg(config: ml_collections.ConfigDict, task, variables, model):
+  """FedAvg family: every client is in the one cohort ``clients``."""
+  del model
+  algo = config.algorithm
   algorithm = fedavg_lib.fedavg(
       task.loss_fn, client_optimizer(config.client),
-      aggregation.server_optimizer(server.optimizer, server.learning_rate, server.momentum, server.b1, server.b2,
-                                   server.eps),
-      variables, prox_mu=algo.prox_mu, batch_stats=algo.batch_stats, local_params=algo.local_params,
-      persist_optimizer=algo.persist_optimizer)
+      server_optimizer(config), variables, prox_mu=algo.prox_mu, batch_stats=algo.batch_stats,
+      local_params=algo.local_params, persist_optimizer=algo.persist_optimizer)
   return algorithm, lambda num_clients: ["clients"] * num_clients
+
+
+FEDIRM_KEYS = tuple(f.name for f in dataclasses.fields(fedirm_lib.Hyper) if f.name != "num_classes")
+
+
+@register("fedirm")
+def build_fedirm(config: ml_collections.ConfigDict, task, variables, model):
+  """FedIRM and its baselines: clients in ``partition.labeled_clients`` are ``labeled``, the rest ``unlabeled``."""
+  del task, variables
+  algo = config.algorithm
+  missing = [k for k in FEDIRM_KEYS if k not in algo]
+  if missing:
+    raise ValueError(f"config.algorithm lacks the FedIRM keys {missing}; start from configs/fedirm.py")
+  hp = fedirm_lib.Hyper(num_classes=model.num_classes, **{k: algo[k] for k in FEDIRM_KEYS})
+  algorithm = fedirm_lib.fedirm(model, client_optimizer(config.client), server_optimizer(config), hp)
+  labeled = set(config.partition.labeled_clients)
+
+  def roles(num_clients: int) -> list[str]:
+    if not labeled:  # every client labeled (the upper bound)
+      return ["labeled"] * num_clients
+    return ["labeled" if c in labeled else "unlabeled" for c in range(num_clients)]
+
+  return algorithm, roles

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med.data import augment
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.sampling import num_epochs_needed
@@ -61,7 +62,11 @@ def cohort_data(datasets: Sequence[PreparedDataset], client_ids: Sequence[int], 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 ``[..., C]`` -> float32 ``(x / 255 - mean) / std`` per channel."""
-  x = images.astype(jnp.float32) / 255.0
+  return normalize_unit(images.astype(jnp.float32) / 255.0, mean, std)
+
+
+def normalize_unit(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """float ``[..., C]`` in [0, 1] -> ``(x - mean) / std`` per channel."""
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
@@ -93,13 +98,24 @@ def random_flips(key: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.A
   return out
 
 
-def image_batch_fn(mean: Sequence[float], std: Sequence[float], flips: bool) -> Callable:
-  """Whole examples: ``batch = {images [B,H,W,C] float, labels?, masks?, weights [B,H,W]}``."""
+def image_batch_fn(mean: Sequence[float], std: Sequence[float], flips: bool, views: Sequence[str] = ()) -> Callable:
+  """Whole examples: ``batch = {images [B,H,W,C] float, labels?, masks?, weights [B,H,W]}``.
+
+  With ``views`` (classification), every view is an independent augmentation of the same
+  rows (``augment.view_fn``): ``images`` is the first, ``images_2``, ``images_3``... the others.
+  """
+  view_fns = [augment.view_fn(v) for v in views]
 
   def batch_fn(arrays, idx, key):
     images = arrays["images"][idx]
     batch = {"images": images, **_targets(arrays, idx)}
     batch["weights"] = (arrays["fov"][idx] if "fov" in arrays else jnp.ones(images.shape[:3], jnp.uint8))
+    if view_fns:
+      raw = images.astype(jnp.float32) / 255.0
+      for i, (fn, k) in enumerate(zip(view_fns, jax.random.split(key, len(view_fns)))):
+        batch["images" if i == 0 else f"images_{i + 1}"] = normalize_unit(fn(k, raw), mean, std)
+      batch["weights"] = batch["weights"].astype(jnp.float32)
+      return batch
     if flips:
       batch = random_flips(key, batch)
     batch["images"] = normalize(batch["images"], mean, std)
@@ -144,9 +160,12 @@ def patch_batch_fn(patch_size: int, mean: Sequence[float], std: Sequence[float],
   return batch_fn
 
 
-def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int = 0):
+def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int = 0,
+                  views: Sequence[str] = ()):
   if mode == "images":
-    return image_batch_fn(mean, std, flips)
+    return image_batch_fn(mean, std, flips, views)
+  if views:
+    raise ValueError(f"data.views={tuple(views)} needs data.batch_mode='images'; got {mode!r}")
   if mode == "patches":
     if patch_size <= 0:
       raise ValueError(f"data.batch_mode='patches' needs data.patch_size > 0; got {patch_size=}")

@@ -92,9 +92,14 @@ class FederatedAlgorithm(NamedTuple):
       metrics)``. It must not touch ``round`` (the engine advances it).
     eval_variables: ``(server_state, client_state | None) -> variables`` used for
       evaluation: the global model, or a client's personalised model.
+    participates: optional host-side ``(cohort, round) -> bool``: whether a cohort
+      trains in a round (e.g. a warm-up of the labeled clients alone); ``None`` =
+      every cohort every round. A round without a cohort is a different program
+      (compiled once), and ``server_update`` receives results only for those present.
   """
 
   init: Callable[[PyTree, jax.Array], ServerState]
   cohorts: Mapping[str, CohortSpec]
   server_update: Callable[[ServerState, Mapping[str, ClientResults]], tuple[ServerState, Metrics]]
   eval_variables: Callable[[ServerState, PyTree | None], PyTree]
+  participates: Callable[[str, int], bool] | None = None

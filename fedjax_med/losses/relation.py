@@ -46,16 +46,18 @@ def relation_matrix(logits: jax.Array, onehot: jax.Array, temperature: float,
   return drm, counts
 
 
-def symmetric_kl(p: jax.Array, q: jax.Array, eps: float = 1e-8) -> jax.Array:
+def symmetric_kl(p: jax.Array, q: jax.Array, eps: float = 1e-8, row_weights: jax.Array | None = None) -> jax.Array:
   """``(KL(p || q) + KL(q || p)) / 2`` averaged over rows; p, q ``[C, C]`` row-stochastic.
 
   The official code's ``F.kl_div(..., reduction='batchmean')`` divides the sum by the
-  number of rows, as here.
+  number of rows, as here. ``row_weights [C]`` (e.g. 1 for classes present in the batch)
+  averages over the weighted rows instead; all-zero weights give 0.
   """
   p, q = jnp.clip(p, eps, 1.0), jnp.clip(q, eps, 1.0)
-  kl_pq = jnp.sum(p * (jnp.log(p) - jnp.log(q))) / p.shape[0]
-  kl_qp = jnp.sum(q * (jnp.log(q) - jnp.log(p))) / p.shape[0]
-  return 0.5 * (kl_pq + kl_qp)
+  per_row = 0.5 * (jnp.sum(p * (jnp.log(p) - jnp.log(q)), -1) + jnp.sum(q * (jnp.log(q) - jnp.log(p)), -1))
+  if row_weights is None:
+    return jnp.mean(per_row)
+  return jnp.sum(per_row * row_weights) / jnp.maximum(jnp.sum(row_weights), 1.0)
 
 
 def sigmoid_rampup(current: jax.Array, length: float) -> jax.Array:

@@ -20,12 +20,14 @@ class SmallCNN(nn.Module):
   dense: int = 128
   dropout: float = 0.0
   norm: str = "none"
+  bn_momentum: float = 0.9  # running-statistics decay; 0.9 = PyTorch's momentum 0.1 (flax's default 0.99 lags)
 
   def setup(self):
     if self.norm not in ("none", "batch"):
       raise ValueError(f"SmallCNN `norm` must be 'none' or 'batch'; got {self.norm!r}")
-    self.convs = [nn.Conv(w, (3, 3)) for w in self.widths]
-    self.norms = [nn.BatchNorm() for _ in self.widths] if self.norm == "batch" else []
+    # A bias before batch norm has no gradient but float noise, which Adam scales up to lr-sized steps.
+    self.convs = [nn.Conv(w, (3, 3), use_bias=self.norm == "none") for w in self.widths]
+    self.norms = [nn.BatchNorm(momentum=self.bn_momentum) for _ in self.widths] if self.norm == "batch" else []
     self.hidden = nn.Dense(self.dense)
     self.drop = nn.Dropout(self.dropout)
     self.out = nn.Dense(self.num_classes)

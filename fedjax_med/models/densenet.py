@@ -16,12 +16,13 @@ class DenseLayer(nn.Module):
 
   growth_rate: int
   bn_size: int
+  bn_momentum: float
 
   @nn.compact
   def __call__(self, x, *, train):
-    y = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False)(y)
-    y = nn.relu(nn.BatchNorm(use_running_average=not train)(y))
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(y))
     y = nn.Conv(self.growth_rate, (3, 3), use_bias=False)(y)
     return jnp.concatenate([x, y], axis=-1)
 
@@ -30,10 +31,11 @@ class Transition(nn.Module):
   """BN-ReLU-1x1 conv halving the channels, 2x2 average pool."""
 
   features: int
+  bn_momentum: float
 
   @nn.compact
   def __call__(self, x, *, train):
-    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -52,6 +54,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   dropout: float = 0.0
   stem: str = "imagenet"
+  bn_momentum: float = 0.9  # running-statistics decay; 0.9 = PyTorch's momentum 0.1 (flax's default 0.99 lags)
 
   def setup(self):
     if self.stem not in STEMS:
@@ -66,19 +69,19 @@ class DenseNet(nn.Module):
   def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if self.stem == "imagenet":
       x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = nn.Conv(self.num_init_features, (3, 3), use_bias=False)(x)
     features = self.num_init_features
     for i, num_layers in enumerate(self.block_config):
       for _ in range(num_layers):
-        x = DenseLayer(self.growth_rate, self.bn_size)(x, train=train)
+        x = DenseLayer(self.growth_rate, self.bn_size, self.bn_momentum)(x, train=train)
       features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:
         features //= 2
-        x = Transition(features)(x, train=train)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        x = Transition(features, self.bn_momentum)(x, train=train)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     return jnp.mean(x, axis=(1, 2))
 
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:

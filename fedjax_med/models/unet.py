@@ -19,10 +19,11 @@ class ConvBlock(nn.Module):
   norm: str
   groups: int
   dropout: float
+  bn_momentum: float = 0.9
 
   def _norm(self, x, train):
     if self.norm == "batch":
-      return nn.BatchNorm(use_running_average=not train)(x)
+      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
     if self.norm == "instance":
       return nn.GroupNorm(num_groups=None, group_size=1)(x)
     if self.norm == "group":
@@ -48,6 +49,7 @@ class UNet(nn.Module):
   norm: str = "batch"
   group_norm_groups: int = 8
   dropout: float | Sequence[float] = 0.0
+  bn_momentum: float = 0.9  # running-statistics decay; 0.9 = PyTorch's momentum 0.1 (flax's default 0.99 lags)
   upsample: str = "transpose"
 
   def _rates(self) -> list[float]:
@@ -73,7 +75,8 @@ class UNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
     self._check(x)
     rates = self._rates()
-    block = lambda i, name: ConvBlock(self.widths[i], self.norm, self.group_norm_groups, rates[i], name=name)
+    block = lambda i, name: ConvBlock(self.widths[i], self.norm, self.group_norm_groups, rates[i], self.bn_momentum,
+                                      name=name)
     skips = []
     for i in range(len(self.widths) - 1):
       x = block(i, f"down{i}")(x, train=train)

@@ -31,6 +31,25 @@ def test_symmetric_kl_by_hand_and_properties():
   assert float(relation.symmetric_kl(p, q)) == pytest.approx(float(relation.symmetric_kl(q, p)))
 
 
+def test_symmetric_kl_nonnegative_and_zero_only_for_equal_inputs():
+  keys = jax.random.split(jax.random.PRNGKey(0), 20)
+  for k in keys:
+    kp, kq = jax.random.split(k)
+    p = jax.nn.softmax(3 * jax.random.normal(kp, (5, 5)))
+    q = jax.nn.softmax(3 * jax.random.normal(kq, (5, 5)))
+    assert float(relation.symmetric_kl(p, q)) > 1e-4
+    assert float(relation.symmetric_kl(p, p)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_symmetric_kl_row_weights_average_the_weighted_rows_only():
+  p = jnp.array([[0.5, 0.5], [0.9, 0.1]])
+  q = jnp.array([[0.2, 0.8], [0.1, 0.9]])
+  rows = [float(relation.symmetric_kl(p[i:i + 1], q[i:i + 1])) for i in range(2)]
+  assert float(relation.symmetric_kl(p, q, row_weights=jnp.array([0.0, 1.0]))) == pytest.approx(rows[1], rel=1e-6)
+  assert float(relation.symmetric_kl(p, q, row_weights=jnp.ones(2))) == pytest.approx(np.mean(rows), rel=1e-6)
+  assert float(relation.symmetric_kl(p, q, row_weights=jnp.zeros(2))) == 0.0
+
+
 def test_rampup_entropy_and_label_smoothing():
   assert float(relation.sigmoid_rampup(0, 30)) == pytest.approx(np.exp(-5))
   assert float(relation.sigmoid_rampup(15, 30)) == pytest.approx(np.exp(-5 * 0.25))

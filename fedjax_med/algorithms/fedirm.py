@@ -1,0 +1,346 @@
+"""FedIRM: federated semi-supervised classification by inter-client relation matching.
+
+Liu, Yang, Dou, Heng, "Federated Semi-supervised Medical Image Classification via
+Inter-client Relation Matching", MICCAI 2021 (arXiv 2106.08600).
+
+Two cohorts share one global model (FedAvg over both):
+
+* ``labeled``: supervised label-smoothed cross-entropy on two augmented views
+  (``images``, ``images_2``); over the round it accumulates its disease relation
+  matrix (DRM, ``losses.relation_matrix``) from the first view's logits and the
+  true labels and sends it with its model delta. The server averages the labeled
+  clients' DRMs row by row, weighted by their class counts.
+* ``unlabeled``: from round ``warmup_rounds`` on. A mean teacher (EMA of the student)
+  on the second view gives consistency targets (squared distance of softmaxes); the
+  student's confident and certain samples (max probability >= ``confidence``,
+  MC-dropout predictive entropy < ``entropy_threshold`` x log C) get pseudo-labels,
+  whose DRM is pulled to the server's by the symmetric KL (the IRM loss). Both terms
+  are weighted by a sigmoid ramp-up. The MC-dropout passes reuse one backbone
+  forward: only the head (dropout + Dense on pooled features) runs ``mc_passes``
+  times, in one batched call, and without touching batch statistics.
+
+The same module gives the baselines of the paper's comparison by hyper-parameters:
+``unlabeled_loss='consistency'`` (mean teacher only), ``'fixmatch'`` (FedFixMatch:
+pseudo-labels from the weak view above a confidence, cross-entropy on the strong
+view) and ``'none'`` (the unlabeled clients never train: FedAvg of the labeled
+clients). The official code's behaviour differs in places; :class:`Hyper` has a
+switch for each (see ``configs/fedirm.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med.algorithms.fedavg import averaging_server_update
+from fedjax_med.engine.types import ClientResults, CohortSpec, FederatedAlgorithm, PyTree, ServerState
+from fedjax_med.losses import relation
+
+UNLABELED_LOSSES = ("relation", "consistency", "fixmatch", "none")
+TEACHER_SYNCS = ("round", "never")
+UNLABELED_AGGREGATIONS = ("count", "ramp")
+COHORTS = ("labeled", "unlabeled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """FedIRM hyper-parameters (static). Defaults follow the paper; ``configs/fedirm.py`` lists the official ones."""
+
+  num_classes: int
+  temperature: float = 2.0
+  drm_mode: str = "average_probabilities"  # official: average_logits (softmax of the mean logit)
+  label_smoothing: float = 0.1
+  unlabeled_loss: str = "relation"
+  consistency_weight: float = 1.0
+  relation_weight: float = 1.0
+  loss_multiplier: float = 1.0  # official: 15
+  warmup_rounds: int = 20  # rounds < warmup_rounds train the labeled clients alone
+  rampup_rounds: float = 30.0
+  rampup_start: int = -1  # round at which the ramp-up starts; -1 = warmup_rounds (official: 0)
+  confidence: float = 0.3
+  entropy_threshold: float = 0.5  # fraction of log C when entropy_relative (official: 2.0 nats, never filters)
+  entropy_relative: bool = True
+  mc_passes: int = 10
+  ema_decay: float = 0.99
+  teacher_sync: str = "round"  # round: teacher <- global model each round | never (official)
+  labeled_lr_scale_after_warmup: float = 1.0  # official: 1.5 (2e-4 -> 3e-4 at round 21)
+  fixmatch_threshold: float = 0.95
+  fixmatch_weight: float = 1.0
+  persist_optimizer: bool = True  # clients keep their optimizer state across rounds (as the official code)
+  unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp (count x the ramp-up weight)
+
+  def __post_init__(self):
+    for name, value, allowed in (("unlabeled_loss", self.unlabeled_loss, UNLABELED_LOSSES),
+                                 ("teacher_sync", self.teacher_sync, TEACHER_SYNCS),
+                                 ("drm_mode", self.drm_mode, relation.DRM_MODES),
+                                 ("unlabeled_aggregation", self.unlabeled_aggregation, UNLABELED_AGGREGATIONS)):
+      if value not in allowed:
+        raise ValueError(f"config.algorithm.{name}={value!r} is not allowed; allowed: {list(allowed)}")
+    if self.mc_passes < 1 and self.unlabeled_loss == "relation":
+      raise ValueError(f"config.algorithm.mc_passes must be >= 1 for relation matching; got {self.mc_passes}")
+
+  @property
+  def entropy_limit(self) -> float:
+    """The MC-dropout entropy (nats) a kept sample must stay below."""
+    return self.entropy_threshold * math.log(self.num_classes) if self.entropy_relative else self.entropy_threshold
+
+  @property
+  def ramp_origin(self) -> int:
+    return self.warmup_rounds if self.rampup_start < 0 else self.rampup_start
+
+
+# -- model helpers ------------------------------------------------------------------------------------------------
+def _forward(model: nn.Module, params, state, images, rng, *, method=None):
+  """Train-mode forward; returns (output, new non-param state). ``state`` may be empty (no batch norm)."""
+  variables = {"params": params, **state}
+  kwargs = {"rngs": {"dropout": rng}, "train": True}
+  if method is not None:
+    kwargs["method"] = method
+  if state:
+    out, new_state = model.apply(variables, images, mutable=list(state), **kwargs)
+    return out, dict(new_state)
+  return model.apply(variables, images, **kwargs), state
+
+
+def _head(model: nn.Module, params, features, rng):
+  """The classifier head (dropout + Dense) alone, in train mode, on pooled ``features [N, F]``."""
+  return model.apply({"params": params}, features, train=True, rngs={"dropout": rng}, method="classify")
+
+
+def split_state(variables: PyTree) -> tuple[PyTree, dict]:
+  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def mc_dropout_entropy(model: nn.Module, params, features: jax.Array, rng: jax.Array, passes: int) -> jax.Array:
+  """Predictive entropy ``[B]`` of the mean softmax over ``passes`` dropout draws of the head (Gal & Ghahramani 2016).
+
+  The backbone ran once; ``features [B, F]`` are tiled to ``[passes * B, F]`` and the head
+  runs in one batched call (each row gets its own dropout mask).
+  """
+  batch = features.shape[0]
+  tiled = jnp.tile(jax.lax.stop_gradient(features), (passes, 1))
+  logits = _head(model, params, tiled, rng).reshape(passes, batch, -1)
+  mean_prob = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
+  return -jnp.sum(mean_prob * jnp.log(mean_prob + 1e-6), axis=-1)
+
+
+def ema(teacher: PyTree, student: PyTree, decay: jax.Array) -> PyTree:
+  """``decay * teacher + (1 - decay) * student`` leaf by leaf (Tarvainen & Valpola, NeurIPS 2017)."""
+  return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s, teacher, student)
+
+
+def ema_decay_at(step: jax.Array, max_decay: float) -> jax.Array:
+  """``min(1 - 1 / (step + 1), max_decay)``: the teacher follows closely at first."""
+  return jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), max_decay)
+
+
+def kept_samples(probs: jax.Array, entropy: jax.Array, hp: Hyper) -> jax.Array:
+  """float ``[B]``: 1 for samples confident (max prob >= ``hp.confidence``) and certain (entropy < limit)."""
+  return ((jnp.max(probs, axis=-1) >= hp.confidence) & (entropy < hp.entropy_limit)).astype(jnp.float32)
+
+
+# -- labeled cohort -----------------------------------------------------------------------------------------------
+def _drm_stats(logits: jax.Array, onehot: jax.Array, hp: Hyper) -> tuple[jax.Array, jax.Array]:
+  """What one batch adds to a client's round DRM: (sum [C, C], weight [C])."""
+  if hp.drm_mode == "average_probabilities":  # per-class sums of softened probabilities and class counts
+    return onehot.T @ jax.nn.softmax(logits / hp.temperature, axis=-1), jnp.sum(onehot, axis=0)
+  drm, _ = relation.relation_matrix(logits, onehot, hp.temperature, "average_logits")
+  return drm, jnp.ones(hp.num_classes)  # official: the per-batch matrices are averaged, absent classes included
+
+
+def _drm_from_stats(total: jax.Array, weight: jax.Array, num_classes: int) -> jax.Array:
+  uniform = jnp.full_like(total, 1.0 / num_classes)
+  return jnp.where(weight[:, None] > 0, total / jnp.maximum(weight[:, None], 1e-8), uniform)
+
+
+def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper) -> CohortSpec:
+  """Supervised two-view update; accumulates the round's DRM from view-1 logits and true labels."""
+  num_classes = hp.num_classes
+
+  def client_init(variables, rng):
+    del rng
+    return {"opt_state": tx.init(variables["params"])} if hp.persist_optimizer else {}
+
+  def start(server_state: ServerState, client_state, rng):
+    del rng
+    params, state = split_state(server_state.params)
+    opt_state = client_state["opt_state"] if hp.persist_optimizer else tx.init(params)
+    scale = jnp.where(server_state.round >= hp.warmup_rounds, hp.labeled_lr_scale_after_warmup, 1.0)
+    return {"params": params, "state": state, "opt_state": opt_state, "lr_scale": scale,
+            "drm_sum": jnp.zeros((num_classes, num_classes)), "drm_weight": jnp.zeros(num_classes)}
+
+  def loss_fn(params, state, batch, rng):
+    k1, k2 = jax.random.split(rng)
+    out1, state = _forward(model, params, state, batch["images"], k1)
+    out2, state = _forward(model, params, state, batch["images_2"], k2)
+    labels = batch["labels"]
+    valid = (labels >= 0).astype(jnp.float32)
+    denom = jnp.maximum(jnp.sum(valid), 1.0)
+    ce = lambda z: jnp.sum(relation.label_smoothing_ce(z, labels, hp.label_smoothing)) / denom
+    loss = ce(out1["logits"]) + ce(out2["logits"])
+    accuracy = jnp.sum((jnp.argmax(out1["logits"], -1) == labels) * valid) / denom
+    return loss, (state, out1["logits"], {"loss": loss, "accuracy": accuracy})
+
+  def step(local, batch, rng):
+    grads, (state, logits, metrics) = jax.grad(loss_fn, has_aux=True)(local["params"], local["state"], batch, rng)
+    updates, opt_state = tx.update(grads, local["opt_state"], local["params"])
+    updates = jax.tree.map(lambda u: u * local["lr_scale"], updates)  # Adam's step is linear in its lr
+    onehot = jax.nn.one_hot(batch["labels"], num_classes) * (batch["labels"] >= 0)[:, None]
+    drm_sum, drm_weight = _drm_stats(jax.lax.stop_gradient(logits), onehot, hp)
+    return {**local, "params": optax.apply_updates(local["params"], updates), "state": state,
+            "opt_state": opt_state, "drm_sum": local["drm_sum"] + drm_sum,
+            "drm_weight": local["drm_weight"] + drm_weight}, metrics
+
+  def finish(server_state: ServerState, client_state, local):
+    variables = {"params": local["params"], **local["state"]}
+    delta = jax.tree.map(jnp.subtract, variables, server_state.params)
+    drm = _drm_from_stats(local["drm_sum"], local["drm_weight"], num_classes)
+    row_weight = local["drm_weight"] if hp.drm_mode == "average_probabilities" else jnp.ones(num_classes)
+    new_state = {"opt_state": local["opt_state"]} if hp.persist_optimizer else {}
+    return new_state, {"delta": delta, "drm": drm, "drm_weight": row_weight}, {}
+
+  return CohortSpec(client_init, start, step, finish)
+
+
+# -- unlabeled cohort ---------------------------------------------------------------------------------------------
+def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper) -> CohortSpec:
+  """Mean teacher + relation matching (or FixMatch) on unlabeled data; see the module docstring."""
+  num_classes = hp.num_classes
+  uses_teacher = hp.unlabeled_loss in ("relation", "consistency")
+
+  def client_init(variables, rng):
+    del rng
+    state = {"opt_state": tx.init(variables["params"])} if hp.persist_optimizer else {}
+    if uses_teacher:
+      state.update(teacher=variables["params"], teacher_ready=jnp.zeros((), jnp.bool_),
+                   steps=jnp.zeros((), jnp.int32))
+    return state
+
+  def start(server_state: ServerState, client_state, rng):
+    del rng
+    params, state = split_state(server_state.params)
+    local = {"params": params, "state": state,
+             "opt_state": client_state["opt_state"] if hp.persist_optimizer else tx.init(params),
+             "ramp": relation.sigmoid_rampup(server_state.round - hp.ramp_origin, hp.rampup_rounds),
+             "target": server_state.extra["drm"], "target_ready": server_state.extra["drm_ready"]}
+    if uses_teacher:
+      if hp.teacher_sync == "round":
+        teacher = params
+      else:  # official: copied from the student once, at the client's first round, then never re-synced
+        teacher = jax.tree.map(lambda t, p: jnp.where(client_state["teacher_ready"], t, p),
+                               client_state["teacher"], params)
+      local.update(teacher=teacher, steps=client_state["steps"])
+    return local
+
+  def relation_terms(params, state, batch, rng, local):
+    k_student, k_teacher, k_mc = jax.random.split(rng, 3)
+    features, state = _forward(model, params, state, batch["images"], k_student, method="backbone")
+    k_head, _ = jax.random.split(k_student)
+    logits = _head(model, params, features, k_head)
+    teacher_out, _ = _forward(model, local["teacher"], local["state"], batch["images_2"], k_teacher)
+    probs, teacher_probs = jax.nn.softmax(logits), jax.lax.stop_gradient(jax.nn.softmax(teacher_out["logits"]))
+    consistency = jnp.mean(jnp.sum((probs - teacher_probs) ** 2, axis=-1))
+    metrics = {"consistency": consistency}
+    total = hp.consistency_weight * consistency
+    if hp.unlabeled_loss == "relation":
+      entropy = mc_dropout_entropy(model, params, features, k_mc, hp.mc_passes)
+      keep = kept_samples(jax.lax.stop_gradient(probs), entropy, hp)
+      onehot = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes) * keep[:, None]
+      local_drm, counts = relation.relation_matrix(logits, onehot, hp.temperature, hp.drm_mode)
+      # Rows of classes with no kept sample are constants (uniform); the official code averages them in.
+      rows = (counts > 0).astype(jnp.float32) if hp.drm_mode == "average_probabilities" else None
+      irm = relation.symmetric_kl(local["target"], local_drm, row_weights=rows) * local["target_ready"]
+      total = total + hp.relation_weight * irm
+      metrics.update(relation=irm, kept_fraction=jnp.mean(keep), mc_entropy=jnp.mean(entropy))
+    return total, state, metrics
+
+  def fixmatch_terms(params, state, batch, rng):
+    k_weak, k_strong = jax.random.split(rng)
+    weak, state = _forward(model, params, state, batch["images"], k_weak)
+    strong, state = _forward(model, params, state, batch["images_2"], k_strong)
+    probs = jax.lax.stop_gradient(jax.nn.softmax(weak["logits"]))
+    keep = (jnp.max(probs, -1) >= hp.fixmatch_threshold).astype(jnp.float32)
+    ce = -jnp.sum(jax.nn.one_hot(jnp.argmax(probs, -1), num_classes) * jax.nn.log_softmax(strong["logits"]), -1)
+    loss = jnp.mean(ce * keep)  # FixMatch divides by the batch size, not by the kept count
+    return hp.fixmatch_weight * loss, state, {"fixmatch": loss, "kept_fraction": jnp.mean(keep)}
+
+  def loss_fn(params, state, batch, rng, local):
+    if hp.unlabeled_loss == "fixmatch":
+      total, state, metrics = fixmatch_terms(params, state, batch, rng)
+    else:
+      total, state, metrics = relation_terms(params, state, batch, rng, local)
+    loss = hp.loss_multiplier * local["ramp"] * total
+    return loss, (state, {"loss": loss, "ramp": local["ramp"], **metrics})
+
+  def step(local, batch, rng):
+    grads, (state, metrics) = jax.grad(loss_fn, has_aux=True)(local["params"], local["state"], batch, rng, local)
+    updates, opt_state = tx.update(grads, local["opt_state"], local["params"])
+    params = optax.apply_updates(local["params"], updates)
+    new = {**local, "params": params, "state": state, "opt_state": opt_state}
+    if uses_teacher:
+      new["teacher"] = ema(local["teacher"], params, ema_decay_at(local["steps"], hp.ema_decay))
+      new["steps"] = local["steps"] + 1
+    return new, metrics
+
+  def finish(server_state: ServerState, client_state, local):
+    variables = {"params": local["params"], **local["state"]}
+    delta = jax.tree.map(jnp.subtract, variables, server_state.params)
+    new_state = {"opt_state": local["opt_state"]} if hp.persist_optimizer else {}
+    if uses_teacher:
+      new_state.update(teacher=local["teacher"], teacher_ready=jnp.ones((), jnp.bool_), steps=local["steps"])
+    return new_state, {"delta": delta}, {}
+
+  return CohortSpec(client_init, start, step, finish)
+
+
+# -- server -------------------------------------------------------------------------------------------------------
+def aggregate_drm(old: jax.Array, result: ClientResults) -> tuple[jax.Array, jax.Array]:
+  """Row-wise weighted mean of the labeled clients' DRMs; rows nobody saw keep ``old``. Returns (drm, any row)."""
+  weights = (result.weights > 0)[:, None] * result.messages["drm_weight"]  # [clients, C]
+  total = jnp.sum(weights, axis=0)
+  mean = jnp.einsum("kc,kcj->cj", weights, result.messages["drm"]) / jnp.maximum(total, 1e-8)[:, None]
+  return jnp.where(total[:, None] > 0, mean, old), jnp.any(total > 0)
+
+
+def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx: optax.GradientTransformation,
+           hp: Hyper) -> FederatedAlgorithm:
+  """FedIRM (and its baselines by ``hp.unlabeled_loss``) over the cohorts ``labeled`` and ``unlabeled``."""
+  average = averaging_server_update(server_tx)
+
+  def init(variables, rng) -> ServerState:
+    uniform = jnp.full((hp.num_classes, hp.num_classes), 1.0 / hp.num_classes)
+    return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),
+                       round=jnp.zeros((), jnp.int32), rng=rng,
+                       extra={"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)})
+
+  def server_update(state: ServerState, results: Mapping[str, ClientResults]):
+    if "unlabeled" in results and hp.unlabeled_aggregation == "ramp":
+      # Adam makes a client's step size independent of its loss scale, so the ramp-up weight alone cannot
+      # keep early, noisy unlabeled updates small; weighting their aggregation by it can.
+      ramp = relation.sigmoid_rampup(state.round - hp.ramp_origin, hp.rampup_rounds)
+      results = {**results, "unlabeled": results["unlabeled"]._replace(weights=results["unlabeled"].weights * ramp)}
+    new_state, metrics = average(state, results)
+    extra = state.extra
+    if "labeled" in results:
+      drm, any_row = aggregate_drm(extra["drm"], results["labeled"])
+      extra = {"drm": drm, "drm_ready": jnp.maximum(extra["drm_ready"], any_row.astype(jnp.float32))}
+      metrics = {**metrics, "drm_diagonal": jnp.mean(jnp.diagonal(drm))}
+    return new_state.replace(extra=extra), metrics
+
+  def eval_variables(server_state: ServerState, client_state):
+    del client_state
+    return server_state.params
+
+  def participates(cohort: str, round_num: int) -> bool:
+    if cohort != "unlabeled":
+      return True
+    return hp.unlabeled_loss != "none" and round_num >= hp.warmup_rounds
+
+  cohorts = {"labeled": labeled_cohort(model, client_tx, hp), "unlabeled": unlabeled_cohort(model, client_tx, hp)}
+  return FederatedAlgorithm(init, cohorts, server_update, eval_variables, participates)

@@ -1,0 +1,157 @@
+"""FedIRM: relation aggregation, EMA teacher, uncertainty filter, cohorts, baselines and official switches."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_med import experiment, train
+from fedjax_med.algorithms import fedirm
+from fedjax_med.engine import execution
+from fedjax_med.engine.types import ClientResults
+from fedjax_med.models.cnn import SmallCNN
+
+
+def tiny_fedirm_config(mode: str = "fedirm", **algorithm):
+  from configs import fedirm as fedirm_config
+
+  config = fedirm_config.get_config(mode)
+  config.data.synthetic.update(patients_per_site=5, image_size=16, slices_per_volume=2)
+  config.partition.num_clients = 4
+  config.partition.labeled_clients = () if mode == "upper" else (0, 1)
+  config.model.kwargs.widths = (4,)
+  config.model.kwargs.dense = 8
+  config.client.local_steps = 2
+  config.client.batch_size = 4
+  config.num_rounds = 2
+  config.eval.every = 2
+  config.checkpoint.every = 2
+  config.execution.strategy = "sequential"
+  config.log.progress = False
+  config.log.tensorboard = False
+  config.algorithm.warmup_rounds = 1
+  config.algorithm.rampup_rounds = 2.0
+  config.algorithm.update(algorithm)
+  return config
+
+
+def test_aggregate_drm_weights_rows_by_class_counts_and_keeps_unseen_rows():
+  old = jnp.full((2, 2), 0.5)
+  drms = jnp.array([[[0.8, 0.2], [0.5, 0.5]], [[0.6, 0.4], [0.5, 0.5]], [[0.0, 1.0], [0.0, 1.0]]])
+  counts = jnp.array([[3.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+  weights = jnp.array([10.0, 4.0, 0.0])  # the third client was non-finite: left out
+  new, any_row = fedirm.aggregate_drm(old, ClientResults({"drm": drms, "drm_weight": counts}, weights, jnp.arange(3)))
+  np.testing.assert_allclose(new[0], [(3 * 0.8 + 0.6) / 4, (3 * 0.2 + 0.4) / 4], rtol=1e-6)
+  np.testing.assert_allclose(new[1], [0.5, 0.5])  # class 1 seen by nobody: the old row stays
+  assert bool(any_row)
+
+
+def test_ema_update_and_decay_schedule_by_hand():
+  teacher, student = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 0.0])}
+  np.testing.assert_allclose(fedirm.ema(teacher, student, 0.75)["w"], [1.5, 1.5])
+  assert float(fedirm.ema_decay_at(jnp.array(0), 0.99)) == 0.0  # first step: the teacher copies the student
+  assert float(fedirm.ema_decay_at(jnp.array(3), 0.99)) == pytest.approx(0.75)
+  assert float(fedirm.ema_decay_at(jnp.array(1000), 0.99)) == pytest.approx(0.99)
+
+
+def test_uncertainty_filter_removes_high_entropy_samples():
+  hp = fedirm.Hyper(num_classes=4, entropy_threshold=0.5, confidence=0.3)
+  assert hp.entropy_limit == pytest.approx(0.5 * math.log(4))
+  probs = jnp.array([[0.9, 0.05, 0.03, 0.02], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
+  entropy = -jnp.sum(probs * jnp.log(probs), -1)  # 0.43, 1.28, 1.39 nats
+  np.testing.assert_array_equal(fedirm.kept_samples(probs, entropy, hp), [1.0, 0.0, 0.0])
+  official = fedirm.Hyper(num_classes=4, entropy_threshold=2.0, entropy_relative=False)
+  np.testing.assert_array_equal(fedirm.kept_samples(probs, entropy, official), [1.0, 1.0, 0.0])  # 0.25 < 0.3
+  assert official.entropy_limit > math.log(7)  # the official 2.0 nats cannot filter 5 or 7 classes
+
+
+def test_mc_dropout_entropy_runs_the_head_and_grows_with_dropout():
+  model = SmallCNN(num_classes=3, widths=(4,), dense=16, dropout=0.5)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  features = 3.0 * jax.random.normal(jax.random.PRNGKey(1), (6, 16))
+  entropy = fedirm.mc_dropout_entropy(model, variables["params"], features, jax.random.PRNGKey(2), passes=50)
+  logits = model.apply(variables, features, train=False, method="classify")
+  deterministic = -jnp.sum(jax.nn.softmax(logits) * jax.nn.log_softmax(logits), -1)
+  assert entropy.shape == (6,)
+  assert np.all(np.asarray(entropy) <= math.log(3) + 1e-5)
+  assert float(jnp.mean(entropy)) > float(jnp.mean(deterministic))  # averaging dropout draws flattens
+
+
+def test_unknown_switch_names_the_key():
+  with pytest.raises(ValueError, match=r"config.algorithm.teacher_sync='sometimes'.*allowed"):
+    fedirm.Hyper(num_classes=3, teacher_sync="sometimes")
+
+
+def _round_messages(config, rounds_before: int):
+  """Every client's message in round ``rounds_before + 1`` (after that many rounds)."""
+  exp = experiment.build(config)
+  server, states = experiment.initial_state(exp)
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+                                 weighting="num_examples")
+  for r in range(rounds_before):
+    server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
+  messages = {}
+  for name in exp.cohorts:
+    client_round = jax.jit(execution.make_client_round(exp.algorithm.cohorts[name], exp.batch_fns[name],
+                                                       exp.plans[name], True))
+    data = exp.data[name]
+    for i in range(len(exp.cohorts[name])):
+      take = lambda t, i=i: jax.tree.map(lambda x: x[i], t)
+      _, message, _ = client_round(server, take(states[name]), take(data.arrays), data.counts[i], data.steps[i],
+                                   data.client_ids[i])
+      messages[int(data.client_ids[i])] = (name, message["delta"])
+  return server, messages
+
+
+def test_relation_matching_changes_only_the_unlabeled_clients():
+  keep_all = dict(warmup_rounds=0, confidence=0.0, entropy_threshold=1.01)  # every sample enters the local DRM
+  server_on, with_irm = _round_messages(tiny_fedirm_config(**keep_all), rounds_before=1)
+  server_off, without = _round_messages(tiny_fedirm_config(relation_weight=0.0, **keep_all), rounds_before=1)
+  assert float(server_on.extra["drm_ready"]) == 1.0  # round 1's labeled clients sent a DRM
+  for a, b in zip(jax.tree.leaves(server_on.params), jax.tree.leaves(server_off.params)):
+    np.testing.assert_array_equal(a, b)  # no target yet in round 1: both runs are identical so far
+  changed = {}
+  for client, (cohort, delta) in with_irm.items():
+    other = jax.tree.leaves(without[client][1])
+    diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(delta), other)]
+    changed[cohort] = changed.get(cohort, []) + [max(diffs)]
+  assert changed["labeled"] == [0.0, 0.0]
+  assert all(d > 0 for d in changed["unlabeled"])
+
+
+def test_warmup_trains_the_labeled_clients_alone():
+  config = tiny_fedirm_config()
+  exp = experiment.build(config)
+  assert sorted(train.selection_for(exp, 0)) == ["labeled"]
+  assert sorted(train.selection_for(exp, 1)) == ["labeled", "unlabeled"]
+  assert sorted(train.selection_for(exp, None)) == ["labeled", "unlabeled"]
+  lower = experiment.build(tiny_fedirm_config("lower"))
+  assert sorted(train.selection_for(lower, 5)) == ["labeled"]
+
+
+@pytest.mark.parametrize("mode", ["upper", "meanteacher", "fixmatch", "official"])  # fedirm, lower: tests above
+def test_every_mode_trains_two_rounds_to_finite_metrics(mode, tmp_path):
+  summary = train.run(tiny_fedirm_config(mode), str(tmp_path / mode))
+  assert np.isfinite(summary["eval"]["macro_auroc"]) or np.isnan(summary["eval"]["macro_auroc"])
+  assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
+  rows = [line for line in open(tmp_path / mode / "metrics.jsonl")]
+  assert len(rows) == 2
+
+
+def test_strategies_agree_with_two_cohorts_and_warmup():
+  results = {}
+  for strategy in ("sequential", "stepwise", "vmap"):
+    config = tiny_fedirm_config()
+    exp = experiment.build(config)
+    server, states = experiment.initial_state(exp)
+    runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=True,
+                                   weighting="num_examples")
+    for r in range(2):
+      server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
+    results[strategy] = (server.params, server.extra["drm"])
+  for strategy, (params, drm) in results.items():
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results["sequential"][0])):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=strategy)
+    np.testing.assert_allclose(drm, results["sequential"][1], rtol=1e-5, atol=1e-6)
