@@ -1,8 +1,12 @@
 """Learning curves of a run: ``python -m fedjax_med.plot WORKDIR [--out DIR]``.
 
-Writes ``curves_train.png`` (mean and per-client training loss per round) and
-``curves_eval.png`` (every global evaluation metric over rounds) into the workdir
-(or ``--out``).
+Writes ``curves_train.png`` (mean and per-client training loss per round),
+``curves_eval.png`` (every global evaluation metric over rounds) and, for runs that
+log relation matrices (FedIRM), ``drm.png`` (the server's matrix beside one unlabeled
+client's at a few rounds) into the workdir (or ``--out``).
+
+``python -m fedjax_med.plot --compare DIR [DIR ...] --metric macro_auroc --out FILE.png``
+draws one evaluation metric of several runs on one figure.
 """
 
 from __future__ import annotations
@@ -59,14 +63,74 @@ def plot_evaluation(records: list[dict], path: str) -> str | None:
   return path
 
 
+def drm_rounds(records: list[dict], count: int = 3) -> list[int]:
+  """Up to ``count`` evenly spaced rounds that have both the server's and an unlabeled client's DRM."""
+  rounds = [r["round"] for r in records if "drm" in r.get("server", {})
+            and any("local_drm" in c for c in r.get("clients", {}).values())]
+  if len(rounds) <= count:
+    return rounds
+  return [rounds[round(i * (len(rounds) - 1) / (count - 1))] for i in range(count)]
+
+
+def plot_drm(records: list[dict], path: str, class_names: list[str] | None = None) -> str | None:
+  """Heatmaps: the server's DRM (target) and the first unlabeled client's local DRM at chosen rounds."""
+  chosen = drm_rounds(records)
+  if not chosen:
+    return None
+  by_round = {r["round"]: r for r in records}
+  fig, axes = plt.subplots(2, len(chosen), figsize=(3.2 * len(chosen), 6.2), squeeze=False)
+  for col, round_num in enumerate(chosen):
+    record = by_round[round_num]
+    client, values = next((c, v) for c, v in sorted(record["clients"].items(), key=lambda kv: int(kv[0]))
+                          if "local_drm" in v)
+    for row, (matrix, title) in enumerate(((record["server"]["drm"], f"server DRM, round {round_num}"),
+                                           (values["local_drm"], f"client {client} DRM, round {round_num}"))):
+      ax = axes[row][col]
+      image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+      ax.set_title(title, fontsize=8)
+      ticks = range(len(matrix))
+      labels = class_names if class_names and len(class_names) == len(matrix) else list(ticks)
+      ax.set_xticks(ticks, labels, fontsize=6, rotation=90)
+      ax.set_yticks(ticks, labels, fontsize=6)
+  fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_compare(workdirs: list[str], metric: str, path: str) -> str:
+  """One evaluation metric against the round for several runs (labels: the workdir names)."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for workdir in workdirs:
+    points = [(r["round"], r["eval"][metric]) for r in read_metrics(workdir)
+              if r.get("eval", {}).get(metric) is not None]
+    if not points:
+      raise ValueError(f"{workdir}/metrics.jsonl has no evaluation metric {metric!r}")
+    ax.plot(*zip(*points), marker="o", ms=3, label=os.path.basename(os.path.normpath(workdir)))
+  ax.set_xlabel("round")
+  ax.set_ylabel(metric)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m fedjax_med.plot", description=__doc__.splitlines()[0])
-  parser.add_argument("workdir")
-  parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
+  parser.add_argument("workdir", nargs="?")
+  parser.add_argument("--out", default=None, help="output directory (default: the workdir); a file with --compare")
+  parser.add_argument("--compare", nargs="+", default=None, help="workdirs whose --metric to draw on one figure")
+  parser.add_argument("--metric", default="macro_auroc")
   args = parser.parse_args(argv)
   try:
+    if args.compare:
+      print(plot_compare(args.compare, args.metric, args.out or f"compare_{args.metric}.png"))
+      return 0
+    if not args.workdir:
+      parser.error("give a WORKDIR or --compare DIR [DIR ...]")
     records = read_metrics(args.workdir)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if not records:
@@ -75,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
   out = args.out or args.workdir
   os.makedirs(out, exist_ok=True)
   written = [plot_training(records, os.path.join(out, "curves_train.png")),
-             plot_evaluation(records, os.path.join(out, "curves_eval.png"))]
+             plot_evaluation(records, os.path.join(out, "curves_eval.png")),
+             plot_drm(records, os.path.join(out, "drm.png"))]
   for path in filter(None, written):
     print(path)
   return 0

@@ -91,12 +91,18 @@ def round_record(report: execution.RoundReport, round_num: int, seconds: float, 
   clients = {}
   for name, ids in report.client_ids.items():
     for i, client in enumerate(ids):
-      clients[int(client)] = {k: float(v[i]) for k, v in report.metrics[name].items()} | {"cohort": name}
+      clients[int(client)] = {k: _value(v[i]) for k, v in report.metrics[name].items()} | {"cohort": name}
   finite = [v for c, v in clients.items() if c not in excluded]
-  keys = sorted({k for v in finite for k in v if k != "cohort"})  # cohorts may report different metrics
+  keys = sorted({k for v in finite for k in v if k != "cohort" and isinstance(v[k], float)})  # may differ by cohort
   train = {k: float(np.mean([v[k] for v in finite if k in v])) for k in keys}
   return {"round": round_num + 1, "seconds": seconds, "train": train, "clients": clients, "excluded": excluded,
-          "server": {k: float(v) for k, v in report.server_metrics.items()}}
+          "server": {k: _value(v) for k, v in report.server_metrics.items()}}
+
+
+def _value(x) -> float | list:
+  """A metric for the JSON log: a float, or nested lists for an array metric (e.g. a relation matrix)."""
+  x = np.asarray(x)
+  return float(x) if x.ndim == 0 else x.tolist()
 
 
 def evaluate(exp: experiment.Experiment, predict, server_state) -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""XLA flags fedjax_med sets before JAX starts (from ``main.py`` and the benchmarks).
+"""XLA flags fedjax_med sets before JAX starts (on import of the package, from ``main.py`` and the benchmarks).
 
 On XLA:CPU this jaxlib routes convolutions and dots through YNNPACK fusions by default;
 turning them off (``--xla_cpu_experimental_ynn_fusion_type=`` with an empty value) falls back to
 XLA's Eigen kernels, measured 1.25-1.56x faster on DenseNet-121 and U-Net training steps on a
 2-core Zen 3 with identical first-step losses (see benchmarks/ and the developers' notes). The
-flag only concerns the CPU backend, so GPU runs are unaffected.
+flag only concerns the CPU backend, so GPU runs are unaffected. Numbers differ from the default
+kernels' in the last bits, which is why every entry point sets the same flags.
 
 Importing this module never imports JAX; the flags must be in the environment before JAX
 initialises its backends. ``FEDJAX_MED_KEEP_XLA_FLAGS=1`` leaves ``XLA_FLAGS`` untouched.

@@ -257,7 +257,8 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
       rows = (counts > 0).astype(jnp.float32) if hp.drm_mode == "average_probabilities" else None
       irm = relation.symmetric_kl(local["target"], local_drm, row_weights=rows) * local["target_ready"]
       total = total + hp.relation_weight * irm
-      metrics.update(relation=irm, kept_fraction=jnp.mean(keep), mc_entropy=jnp.mean(entropy))
+      metrics.update(relation=irm, kept_fraction=jnp.mean(keep), mc_entropy=jnp.mean(entropy),
+                     local_drm=jax.lax.stop_gradient(local_drm))
     return total, state, metrics
 
   def fixmatch_terms(params, state, batch, rng):
@@ -330,7 +331,7 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
     if "labeled" in results:
       drm, any_row = aggregate_drm(extra["drm"], results["labeled"])
       extra = {"drm": drm, "drm_ready": jnp.maximum(extra["drm_ready"], any_row.astype(jnp.float32))}
-      metrics = {**metrics, "drm_diagonal": jnp.mean(jnp.diagonal(drm))}
+      metrics = {**metrics, "drm_diagonal": jnp.mean(jnp.diagonal(drm)), "drm": drm}
     return new_state.replace(extra=extra), metrics
 
   def eval_variables(server_state: ServerState, client_state):

@@ -24,7 +24,7 @@ STRONG_DEGREES = 30.0
 STRONG_SHEAR = 0.3
 STRONG_TRANSLATE = 0.3
 STRONG_OPS = 2
-EQUALIZE_BINS = 64
+EQUALIZE_BINS = 256  # as PIL
 CUTOUT_FRACTION = 0.5  # side of the cutout square relative to the image side (FixMatch: up to 0.5)
 
 

@@ -131,7 +131,8 @@ def client_pieces(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan) -> Clien
 
   def end(server_state, client_state, local, step_metrics, steps):
     active = (jnp.arange(plan.num_steps) < steps).astype(jnp.float32)
-    mean = lambda m: jnp.sum(m * active) / jnp.maximum(jnp.sum(active), 1.0)
+    weights = lambda m: active.reshape((-1,) + (1,) * (m.ndim - 1))  # metrics may be arrays (e.g. a matrix)
+    mean = lambda m: jnp.sum(m * weights(m), axis=0) / jnp.maximum(jnp.sum(active), 1.0)
     metrics = {k: mean(v) for k, v in step_metrics.items()}
     client_state, message, final_metrics = spec.finish(server_state, client_state, local)
     return client_state, message, {**metrics, **final_metrics, "local_steps": jnp.sum(active)}

@@ -1,0 +1,68 @@
+"""On-device augmentation: identity warps, value ranges, per-example randomness, photometric ops by hand."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_med.data import augment
+from fedjax_med.data.pipeline import image_batch_fn
+
+
+def _images(batch=4, size=12, channels=3, seed=0):
+  return jax.random.uniform(jax.random.PRNGKey(seed), (batch, size, size, channels))
+
+
+def test_identity_warp_returns_the_image_and_a_flip_matrix_flips():
+  x = _images()
+  eye = jnp.tile(jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (4, 1, 1))
+  np.testing.assert_allclose(augment.warp(x, eye), x, atol=1e-5)
+  hflip = jnp.tile(jnp.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), (4, 1, 1))
+  np.testing.assert_allclose(augment.warp(x, hflip), x[:, :, ::-1], atol=1e-5)
+
+
+def test_views_stay_in_range_and_differ_per_example_and_key():
+  x = _images(batch=8)
+  for view in augment.VIEWS:
+    fn = jax.jit(augment.view_fn(view))
+    a, b = fn(jax.random.PRNGKey(1), x), fn(jax.random.PRNGKey(2), x)
+    assert a.shape == x.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert float(jnp.max(jnp.abs(a - b))) > 0.01  # another key, another augmentation
+    np.testing.assert_array_equal(a, fn(jax.random.PRNGKey(1), x))  # same key, same output
+  with pytest.raises(ValueError, match="unknown augmentation view 'medium'"):
+    augment.view_fn("medium")
+
+
+def test_equalize_flattens_the_histogram_and_autocontrast_stretches():
+  x = _images(batch=1, size=32, channels=1) ** 2  # skewed to dark values
+  eq = np.asarray(augment._equalize(x)).ravel()
+  hist = np.histogram(eq, bins=4, range=(0, 1))[0] / eq.size
+  assert np.all(np.abs(hist - 0.25) < 0.06)
+  y = 0.2 + 0.3 * _images(batch=2, channels=1)
+  stretched = augment._autocontrast(y)
+  np.testing.assert_allclose(stretched.min(axis=(1, 2, 3)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(stretched.max(axis=(1, 2, 3)), 1.0, atol=1e-6)
+
+
+def test_photometric_ops_by_hand():
+  x = jnp.full((2, 4, 4, 1), 0.6)
+  magnitude = jnp.array([1.0, 0.0])
+  pool = augment.photometric_pool(x, magnitude)
+  solarized = pool[7]
+  np.testing.assert_allclose(solarized[0], 0.4)  # threshold 1 - 1 = 0 <= 0.6: inverted
+  np.testing.assert_allclose(solarized[1], 0.6)  # threshold 1: untouched
+  brightness = pool[1]
+  np.testing.assert_allclose(brightness[0], 1.0)  # factor 1.9 clipped
+  np.testing.assert_allclose(brightness[1], 0.6)  # factor 1: identity
+  np.testing.assert_allclose(pool[-1], x)
+
+
+def test_batch_fn_with_views_returns_independent_normalised_views():
+  arrays = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 10, 10, 3)), jnp.uint8),
+            "labels": jnp.arange(6, dtype=jnp.int32)}
+  batch = image_batch_fn((0.5,) * 3, (0.25,) * 3, flips=True, views=("weak", "strong"))(
+      arrays, jnp.array([0, 2, 4]), jax.random.PRNGKey(0))
+  assert batch["images"].shape == batch["images_2"].shape == (3, 10, 10, 3)
+  np.testing.assert_array_equal(batch["labels"], [0, 2, 4])
+  assert float(jnp.max(jnp.abs(batch["images"] - batch["images_2"]))) > 0.1
+  assert -2.0 - 1e-5 <= float(batch["images"].min()) and float(batch["images"].max()) <= 2.0 + 1e-5
