@@ -38,4 +38,4 @@ def available() -> list[str]:
   return sorted(CONVERTERS)
 
 
-from fedjax_med.data.converters import acdc, drive, ham10000, medmnist, stare  # noqa: E402,F401
+from fedjax_med.data.converters import acdc, drive, ham10000, medmnist, rsna_ich, stare  # noqa: E402,F401
