@@ -41,6 +41,7 @@ def main(argv=None) -> int:
   parser.add_argument("--local-steps", type=int, default=0)
   parser.add_argument("--strategies", nargs="+", default=list(execution.STRATEGIES))
   parser.add_argument("--out", default="")
+  parser.add_argument("--no-auto", action="store_true", help="skip the auto calibration (it compiles every candidate)")
   args = parser.parse_args(argv)
   sys.path.insert(0, ".")
   config = load_config(args.config)
@@ -62,16 +63,18 @@ def main(argv=None) -> int:
       start = time.perf_counter()
       jax.block_until_ready(runner(server, clients, data, selection)[0])
       samples[strategy].append(time.perf_counter() - start)
-  make_runner = lambda strategy, plans: execution.RoundRunner(
-      exp.algorithm, exp.batch_fns, plans, strategy=strategy, unroll=scan_unroll(config),
-      weighting=config.aggregation.weighting)
-  start = time.perf_counter()
-  picked, calibration = auto.calibrate(make_runner, server, clients, data, exp.plans, selection,
-                                       tuple(config.execution.candidates), config.execution.calibration_steps,
-                                       config.execution.calibration_repeats, config.execution.calibration_clients,
-                                       config.num_rounds, scan_unroll(config))
-  calibration_s = time.perf_counter() - start
-  steps = exp.plans[next(iter(exp.plans))].num_steps
+  picked, calibration, calibration_s = None, {}, 0.0
+  if not args.no_auto:
+    make_runner = lambda strategy, plans: execution.RoundRunner(
+        exp.algorithm, exp.batch_fns, plans, strategy=strategy, unroll=scan_unroll(config),
+        weighting=config.aggregation.weighting)
+    start = time.perf_counter()
+    picked, calibration = auto.calibrate(make_runner, server, clients, data, exp.plans, selection,
+                                         tuple(config.execution.candidates), config.execution.calibration_steps,
+                                         config.execution.calibration_repeats, config.execution.calibration_clients,
+                                         config.num_rounds, scan_unroll(config))
+    calibration_s = time.perf_counter() - start
+  steps = max(plan.num_steps for plan in exp.plans.values())
   result = {"config": args.config, "backend": jax.default_backend(), "devices": str(jax.devices()),
             "clients": sum(len(v) for v in exp.cohorts.values()), "local_steps": steps, "rounds": args.rounds,
             "first_round_s": first, "median_round_s": {s: statistics.median(v) for s, v in samples.items()},
@@ -84,8 +87,9 @@ def main(argv=None) -> int:
   for s in args.strategies:
     median = result["median_round_s"][s]
     print(f"| {s} | {median:.3f} | {median / best:.2f}x | {first[s]:.1f} |")
-  print(f"\nauto picks: {picked} for {config.num_rounds} rounds (calibration took {calibration_s:.1f} s; "
-        "estimated run time: " + ", ".join(f"{k} {v['run_estimate_s']:.0f} s" for k, v in calibration.items()) + ")")
+  if picked:
+    print(f"\nauto picks: {picked} for {config.num_rounds} rounds (calibration took {calibration_s:.1f} s; "
+          "estimated run time: " + ", ".join(f"{k} {v['run_estimate_s']:.0f} s" for k, v in calibration.items()) + ")")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=1)
