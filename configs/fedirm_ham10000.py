@@ -19,39 +19,25 @@ as the official code. Paper vs code differences: configs/fedirm.py.
 
 import ml_collections
 
-from configs import common, fedavg, fedirm
+from configs import fedavg_ham10000, fedirm
 
 
 def get_config(arg: str = "fedirm") -> ml_collections.ConfigDict:
   mode, _, scale = arg.partition(",")
   if scale not in ("", "full"):
     raise ValueError(f"unknown config scale {scale!r}; allowed: '' (CPU protocol) or 'full'")
-  config = fedavg.get_config()
+  config = fedavg_ham10000.get_config()  # the HAM10000 data, normalisation and evaluation
   config.num_rounds = 60
-  config.data.name = "ham10000"
-  config.data.root = common.data_file("ham10000/ham10000_64.npz")
-  config.data.mean = (0.762, 0.546, 0.570)  # HAM10000 channel means / stds of x/255 (train split)
-  config.data.std = (0.141, 0.151, 0.168)
   config.data.views = ("weak", "weak")  # the official TransformTwice: two independent weak views
-
-  config.task.name = "classification"
   config.partition.method = "iid"  # the official split() is iid and uniform over clients
-  config.partition.num_clients = 10
   config.partition.labeled_clients = (0, 1)
-
-  config.model.name = "densenet_narrow"
   config.model.kwargs = ml_collections.ConfigDict(dict(dropout=0.2))  # the only dropout: on pooled features
 
   config.algorithm = fedirm.fedirm_algorithm(warmup_rounds=15, rampup_rounds=15.0)
 
-  config.client.optimizer = "adam"
   config.client.learning_rate = 5e-4  # CPU protocol: fewer steps than the official 2e-4 x 7400 per client
   config.client.weight_decay = 5e-4  # L2 added to the gradient (official)
-  config.client.batch_size = 32
-  config.client.local_steps = 10
-
   config.eval.every = 10
-  config.eval.batch_size = 128
   config.eval.key_metric = "macro_auroc"
   config.checkpoint.every = 10
   if scale == "full":

@@ -117,6 +117,11 @@ def split_state(variables: PyTree) -> tuple[PyTree, dict]:
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
+def model_delta(server_state: ServerState, local) -> PyTree:
+  """The client's variables (``local['params']`` + ``local['state']``) minus the broadcast global ones."""
+  return jax.tree.map(jnp.subtract, {"params": local["params"], **local["state"]}, server_state.params)
+
+
 def mc_dropout_entropy(model: nn.Module, params, features: jax.Array, rng: jax.Array, passes: int) -> jax.Array:
   """Predictive entropy ``[B]`` of the mean softmax over ``passes`` dropout draws of the head (Gal & Ghahramani 2016).
 
@@ -198,8 +203,7 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
             "drm_weight": local["drm_weight"] + drm_weight}, metrics
 
   def finish(server_state: ServerState, client_state, local):
-    variables = {"params": local["params"], **local["state"]}
-    delta = jax.tree.map(jnp.subtract, variables, server_state.params)
+    delta = model_delta(server_state, local)
     drm = _drm_from_stats(local["drm_sum"], local["drm_weight"], num_classes)
     row_weight = local["drm_weight"] if hp.drm_mode == "average_probabilities" else jnp.ones(num_classes)
     new_state = {"opt_state": local["opt_state"]} if hp.persist_optimizer else {}
@@ -290,8 +294,7 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
     return new, metrics
 
   def finish(server_state: ServerState, client_state, local):
-    variables = {"params": local["params"], **local["state"]}
-    delta = jax.tree.map(jnp.subtract, variables, server_state.params)
+    delta = model_delta(server_state, local)
     new_state = {"opt_state": local["opt_state"]} if hp.persist_optimizer else {}
     if uses_teacher:
       new_state.update(teacher=local["teacher"], teacher_ready=jnp.ones((), jnp.bool_), steps=local["steps"])

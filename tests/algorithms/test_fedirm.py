@@ -1,5 +1,6 @@
 """FedIRM: relation aggregation, EMA teacher, uncertainty filter, cohorts, baselines and official switches."""
 
+import json
 import math
 
 import jax
@@ -136,8 +137,19 @@ def test_every_mode_trains_two_rounds_to_finite_metrics(mode, tmp_path):
   summary = train.run(tiny_fedirm_config(mode), str(tmp_path / mode))
   assert np.isfinite(summary["eval"]["macro_auroc"]) or np.isnan(summary["eval"]["macro_auroc"])
   assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
-  rows = [line for line in open(tmp_path / mode / "metrics.jsonl")]
+  rows = [json.loads(line) for line in open(tmp_path / mode / "metrics.jsonl")]
   assert len(rows) == 2
+  # Round 1 is the warm-up; round 2 shows which cohorts trained and with which unlabeled loss.
+  cohorts = {c["cohort"] for c in rows[1]["clients"].values()}
+  assert cohorts == ({"labeled"} if mode == "upper" else {"labeled", "unlabeled"})
+  assert {c["cohort"] for c in rows[0]["clients"].values()} == {"labeled"}
+  unlabeled = [c for c in rows[1]["clients"].values() if c["cohort"] == "unlabeled"]
+  expected_metric = {"meanteacher": "consistency", "fixmatch": "fixmatch", "official": "relation"}.get(mode)
+  if expected_metric:
+    assert all(expected_metric in c for c in unlabeled)
+  if mode == "meanteacher":
+    assert not any("relation" in c for c in unlabeled)
+  assert len(rows[1]["server"]["drm"]) == 4  # the server's relation matrix, C x C
 
 
 def test_strategies_agree_with_two_cohorts_and_warmup():
