@@ -19,7 +19,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
+from fedjax_med import report  # noqa: E402
 from fedjax_med.logging_utils import read_metrics  # noqa: E402
 
 
@@ -98,15 +100,36 @@ def plot_drm(records: list[dict], path: str, class_names: list[str] | None = Non
   return path
 
 
-def plot_compare(workdirs: list[str], metric: str, path: str) -> str:
-  """One evaluation metric against the round for several runs (labels: the workdir names)."""
+def _eval_points(workdir: str, metric: str) -> list[tuple[int, float]]:
+  points = [(r["round"], r["eval"][metric]) for r in read_metrics(workdir)
+            if r.get("eval", {}).get(metric) is not None]
+  if not points:
+    raise ValueError(f"{workdir}/metrics.jsonl has no evaluation metric {metric!r}")
+  return points
+
+
+def plot_compare(workdirs: list[str], metric: str, path: str, over_seeds: bool = False) -> str:
+  """One evaluation metric against the round for several runs (labels: the workdir names).
+
+  With ``over_seeds``, workdirs named ``<run>_s<seed>`` become one line per run: the mean over seeds at the
+  rounds every seed evaluated, with a ± 1 sample-std band.
+  """
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
   fig, ax = plt.subplots(figsize=(6, 4))
-  for workdir in workdirs:
-    points = [(r["round"], r["eval"][metric]) for r in read_metrics(workdir)
-              if r.get("eval", {}).get(metric) is not None]
-    if not points:
-      raise ValueError(f"{workdir}/metrics.jsonl has no evaluation metric {metric!r}")
-    ax.plot(*zip(*points), marker="o", ms=3, label=os.path.basename(os.path.normpath(workdir)))
+  if not over_seeds:
+    for workdir, name in zip(workdirs, names):
+      ax.plot(*zip(*_eval_points(workdir, metric)), marker="o", ms=3, label=name)
+  else:
+    groups = report.seed_groups([{"run": n, "workdir": w} for n, w in zip(names, workdirs)])
+    for run, group in groups.items():
+      curves = [dict(_eval_points(row["workdir"], metric)) for row in group]
+      rounds = sorted(set.intersection(*(set(c) for c in curves)))
+      values = np.array([[c[r] for r in rounds] for c in curves])
+      mean = values.mean(0)
+      line, = ax.plot(rounds, mean, marker="o", ms=3, label=f"{run} (n={len(group)})")
+      if len(group) > 1:
+        std = values.std(0, ddof=1)
+        ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.15)
   ax.set_xlabel("round")
   ax.set_ylabel(metric)
   ax.legend(fontsize=7)
@@ -122,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default=None, help="output directory (default: the workdir); a file with --compare")
   parser.add_argument("--compare", nargs="+", default=None, help="workdirs whose --metric to draw on one figure")
   parser.add_argument("--metric", default="macro_auroc")
+  parser.add_argument("--over-seeds", action="store_true", help="with --compare: mean ± std over <run>_s<seed> dirs")
   args = parser.parse_args(argv)
   try:
     if args.compare:
-      print(plot_compare(args.compare, args.metric, args.out or f"compare_{args.metric}.png"))
+      print(plot_compare(args.compare, args.metric, args.out or f"compare_{args.metric}.png", args.over_seeds))
       return 0
     if not args.workdir:
       parser.error("give a WORKDIR or --compare DIR [DIR ...]")

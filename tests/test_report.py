@@ -1,0 +1,66 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fedjax_med import report
+
+
+def _fake_run(root, name, auroc, seconds=(1.0, 2.0)):
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"rounds": 3, "strategy": "stepwise", "eval": {"macro_auroc": auroc}}, f)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for i, s in enumerate(seconds):
+      f.write(json.dumps({"round": i + 1, "seconds": s}) + "\n")
+  return workdir
+
+
+def test_over_seeds_gives_mean_and_sample_std_per_run(tmp_path, capsys):
+  dirs = [_fake_run(tmp_path, f"lower_s{s}", a) for s, a in enumerate([0.7, 0.8, 0.9])]
+  dirs.append(_fake_run(tmp_path, "fedirm_s0", 0.75))
+  assert report.main([*dirs, "--metrics", "macro_auroc", "--over-seeds"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  lower = next(line for line in lines if line.startswith("| lower "))
+  expected = f"{np.mean([0.7, 0.8, 0.9]):.4f} ± {np.std([0.7, 0.8, 0.9], ddof=1):.4f}"
+  assert expected == "0.8000 ± 0.1000"
+  assert f"| lower | {expected} | 0,1,2 | 3 | 3 | stepwise |" == lower
+  assert "| fedirm | 0.7500 | 0 |" in next(line for line in lines if line.startswith("| fedirm "))
+
+
+def test_over_seeds_rejects_a_workdir_without_seed_suffix(tmp_path, capsys):
+  d = _fake_run(tmp_path, "lower", 0.7)
+  assert report.main([d, "--over-seeds", "--metrics", "macro_auroc"]) == 2
+  assert "lower" in capsys.readouterr().err
+
+
+def test_seed_groups_keep_first_seen_order():
+  rows = [{"run": "b_s0"}, {"run": "a_s0"}, {"run": "b_s1"}]
+  assert list(report.seed_groups(rows)) == ["b", "a"]
+  with pytest.raises(ValueError, match="nope"):
+    report.seed_groups([{"run": "nope"}])
+
+
+def _with_evals(workdir, values):
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    for r, v in values:
+      f.write(json.dumps({"round": r, "seconds": 0.0, "eval": {"macro_auroc": v}}) + "\n")
+
+
+def test_compare_plot_over_seeds_draws_one_mean_line_per_run(tmp_path, monkeypatch):
+  from fedjax_med import plot
+
+  dirs = []
+  for s, vals in enumerate([[(2, 0.6), (4, 0.8)], [(2, 0.7), (4, 0.9)]]):
+    dirs.append(_fake_run(tmp_path, f"lower_s{s}", 0.0, seconds=()))
+    _with_evals(dirs[-1], vals)
+  drawn = []
+  real_plot = plot.plt.Axes.plot
+  monkeypatch.setattr(plot.plt.Axes, "plot", lambda ax, x, y, **kw: drawn.append((list(x), list(y), kw["label"]))
+                      or real_plot(ax, x, y, **kw))
+  out = plot.plot_compare(dirs, "macro_auroc", str(tmp_path / "c.png"), over_seeds=True)
+  assert os.path.getsize(out) > 0
+  (rounds, mean, label), = drawn
+  assert rounds == [2, 4] and np.allclose(mean, [0.65, 0.85]) and label == "lower (n=2)"
