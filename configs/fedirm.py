@@ -62,7 +62,9 @@ def fedirm_algorithm(warmup_rounds: int, rampup_rounds: float) -> ml_collections
   algo.ema_decay = 0.99  # teacher EMA, min(1 - 1/(step+1), ema_decay) (official)
   algo.teacher_sync = "round"  # official: never
   algo.labeled_lr_scale_after_warmup = 1.0  # official: 1.5
-  algo.unlabeled_aggregation = "count"  # count: plain FedAvg weights | ramp: x the ramp-up weight (ours)
+  # count: plain FedAvg weights | ramp: x the ramp-up weight | balanced: unlabeled cohort = ramp x labeled
+  # cohort in total (ramp and balanced are ours; fedjax_med.algorithms.fedirm.unlabeled_weights says why)
+  algo.unlabeled_aggregation = "count"
   algo.fixmatch_threshold = 0.95  # FedFixMatch baseline only
   algo.fixmatch_weight = 1.0
   return algo

@@ -44,7 +44,7 @@ from fedjax_med.losses import relation
 
 UNLABELED_LOSSES = ("relation", "consistency", "fixmatch", "none")
 TEACHER_SYNCS = ("round", "never")
-UNLABELED_AGGREGATIONS = ("count", "ramp")
+UNLABELED_AGGREGATIONS = ("count", "ramp", "balanced")
 COHORTS = ("labeled", "unlabeled")
 
 
@@ -73,7 +73,7 @@ class Hyper:
   fixmatch_threshold: float = 0.95
   fixmatch_weight: float = 1.0
   persist_optimizer: bool = True  # clients keep their optimizer state across rounds (as the official code)
-  unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp (count x the ramp-up weight)
+  unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp | balanced; see unlabeled_weights
 
   def __post_init__(self):
     for name, value, allowed in (("unlabeled_loss", self.unlabeled_loss, UNLABELED_LOSSES),
@@ -312,6 +312,24 @@ def aggregate_drm(old: jax.Array, result: ClientResults) -> tuple[jax.Array, jax
   return jnp.where(total[:, None] > 0, mean, old), jnp.any(total > 0)
 
 
+def unlabeled_weights(results: Mapping[str, ClientResults], ramp: jax.Array, mode: str) -> jax.Array:
+  """The unlabeled clients' aggregation weights ``[K_u]`` under ``mode`` (ours; FedAvg is ``count``).
+
+  ``ramp``: the sample counts times the ramp-up weight. Adam makes a client's step size independent of its
+  loss scale, so the ramp-up of the loss alone cannot keep early, noisy unlabeled updates small.
+  ``balanced``: the counts rescaled so that the unlabeled cohort weighs ``ramp`` times the labeled cohort in
+  total; with count weights 8 unlabeled clients hold 80 % of every update although their loss carries no
+  label information, which slows the supervised progress 5-fold. Falls back to ``ramp`` when no labeled
+  client has weight this round.
+  """
+  weights = results["unlabeled"].weights
+  if mode == "ramp" or "labeled" not in results:
+    return weights * ramp
+  labeled_total, unlabeled_total = jnp.sum(results["labeled"].weights), jnp.sum(weights)
+  scale = jnp.where(labeled_total > 0, labeled_total / jnp.maximum(unlabeled_total, 1e-8), 1.0)
+  return weights * ramp * scale
+
+
 def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx: optax.GradientTransformation,
            hp: Hyper) -> FederatedAlgorithm:
   """FedIRM (and its baselines by ``hp.unlabeled_loss``) over the cohorts ``labeled`` and ``unlabeled``."""
@@ -324,11 +342,10 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
                        extra={"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)})
 
   def server_update(state: ServerState, results: Mapping[str, ClientResults]):
-    if "unlabeled" in results and hp.unlabeled_aggregation == "ramp":
-      # Adam makes a client's step size independent of its loss scale, so the ramp-up weight alone cannot
-      # keep early, noisy unlabeled updates small; weighting their aggregation by it can.
+    if "unlabeled" in results and hp.unlabeled_aggregation != "count":
       ramp = relation.sigmoid_rampup(state.round - hp.ramp_origin, hp.rampup_rounds)
-      results = {**results, "unlabeled": results["unlabeled"]._replace(weights=results["unlabeled"].weights * ramp)}
+      weights = unlabeled_weights(results, ramp, hp.unlabeled_aggregation)
+      results = {**results, "unlabeled": results["unlabeled"]._replace(weights=weights)}
     new_state, metrics = average(state, results)
     extra = state.extra
     if "labeled" in results:

@@ -49,6 +49,17 @@ def test_aggregate_drm_weights_rows_by_class_counts_and_keeps_unseen_rows():
   assert bool(any_row)
 
 
+def test_unlabeled_weights_by_mode():
+  labeled = ClientResults({}, jnp.array([30.0, 10.0]), jnp.arange(2))
+  unlabeled = ClientResults({}, jnp.array([20.0, 20.0, 40.0, 0.0]), jnp.arange(4))
+  results = {"labeled": labeled, "unlabeled": unlabeled}
+  np.testing.assert_allclose(fedirm.unlabeled_weights(results, jnp.array(0.5), "ramp"), [10, 10, 20, 0])
+  balanced = fedirm.unlabeled_weights(results, jnp.array(0.5), "balanced")
+  np.testing.assert_allclose(balanced, [5, 5, 10, 0])  # total 20 = 0.5 x the labeled 40, shares kept
+  none_labeled = {"labeled": labeled._replace(weights=jnp.zeros(2)), "unlabeled": unlabeled}
+  np.testing.assert_allclose(fedirm.unlabeled_weights(none_labeled, jnp.array(0.5), "balanced"), [10, 10, 20, 0])
+
+
 def test_ema_update_and_decay_schedule_by_hand():
   teacher, student = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 0.0])}
   np.testing.assert_allclose(fedirm.ema(teacher, student, 0.75)["w"], [1.5, 1.5])
