@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
                           label_key="label", mask_key="", num_classes=0, num_mask_classes=0)
   config.data.channels = ()  # keep these image channels (e.g. (1,) = green); () keeps all
   config.data.loader = "device"  # device (client data on the device) | grain (read per round, for big data)
-  config.data.batch_mode = "images"  # images (whole examples) | patches (random crops)
+  # images (whole examples) | patches (random crops) | volume_partitions (one slice per partition of a volume)
+  config.data.batch_mode = "images"
   config.data.patch_size = 0
   config.data.flips = True  # random horizontal/vertical flips on device
   config.data.views = ()  # classification: augmented views per example, e.g. ("weak", "strong"); () = flips only
@@ -34,9 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.mean = (0.5,)  # per-channel normalisation of x/255
   config.data.std = (0.25,)
   config.data.eval_split = "test"
+  config.data.num_partitions = 4  # volume_partitions and representation evaluation: partitions per volume
 
   config.task = ml_collections.ConfigDict()
-  config.task.name = "classification"  # classification | segmentation
+  config.task.name = "classification"  # classification | segmentation | representation (self-supervised)
   config.task.dice_weight = 1.0  # segmentation: loss = ce_weight * CE + dice_weight * soft Dice
   config.task.ce_weight = 1.0
 
@@ -49,10 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.partition.only_client = -1  # >= 0: train that client alone (the "each site alone" baseline)
   config.partition.labeled_clients = ()  # clients that keep labels; () and labeled_fraction=1 -> all labeled
   config.partition.labeled_fraction = 1.0
+  config.partition.groups_per_client = 0  # > 0: each client keeps only this many groups (patients), seeded
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"
   config.model.kwargs = ml_collections.ConfigDict(dict(widths=(16, 32), dense=64))
+  config.model.init_encoder = ""  # a workdir whose global_variables.msgpack gives the U-Net encoder (fine-tuning)
 
   config.algorithm = ml_collections.ConfigDict()
   config.algorithm.name = "fedavg"

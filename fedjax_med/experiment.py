@@ -12,7 +12,7 @@ import numpy as np
 
 from fedjax_med import models, tasks
 from fedjax_med.algorithms import get_algorithm
-from fedjax_med.data import partition, tfds_source
+from fedjax_med.data import partition, tfds_source, volumes
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.data.pipeline import TRAIN_KEYS, cohort_data, make_batch_fn
 from fedjax_med.data.sources import load_dataset
@@ -81,6 +81,9 @@ def client_datasets(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed
     arrays["labels"] = np.where(keep, arrays["labels"], -1).astype(np.int32)
     train = PreparedDataset(arrays, train.meta)
   clients = [train.select(client_of_row == c) for c in range(num_clients)]
+  if cfg.groups_per_client > 0:  # the few-label regime: N labeled patients per client
+    clients = [c.select(partition.first_groups(c.arrays["group"], cfg.groups_per_client, seed + i))
+               for i, c in enumerate(clients)]
   if cfg.only_client >= 0:  # "each site alone" baseline: one client with that site's data
     clients = [clients[cfg.only_client]]
   return clients
@@ -89,6 +92,8 @@ def client_datasets(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed
 def build_task(config: ml_collections.ConfigDict, model) -> tasks.Task:
   if config.task.name == "classification":
     return tasks.classification(model)
+  if config.task.name == "representation":
+    return tasks.representation(model)
   return tasks.segmentation(model, dice_weight=config.task.dice_weight, ce_weight=config.task.ce_weight)
 
 
@@ -118,7 +123,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     dataset = load_dataset(config.data.name, config.data.root, dict(config.data.synthetic))
     dataset = select_channels(dataset, tuple(config.data.channels))
     train, eval_dataset, meta = dataset.split("train"), dataset.split(config.data.eval_split), dataset.meta
-    clients, image_shape = client_datasets(train, config.partition, config.seed), train.arrays["images"].shape[1:]
+    image_shape = train.arrays["images"].shape[1:]
+    if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
+      train = volumes.to_volumes(train, config.data.num_partitions)
+    clients = client_datasets(train, config.partition, config.seed)
   if len(eval_dataset) == 0:
     raise ValueError(f"config.data.eval_split={config.data.eval_split!r} has no rows in {config.data.name}")
   num_classes = meta["num_classes"] if config.task.name == "classification" else meta["num_mask_classes"]
@@ -129,6 +137,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     input_shape = tuple(image_shape)
   key_model, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = models.init_variables(model, key_model, input_shape)
+  if config.model.init_encoder:
+    variables = models.load_pretrained_encoder(variables, config.model.init_encoder)
   task = build_task(config, model)
   algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables, model)
   cohorts: dict[str, list[int]] = {}

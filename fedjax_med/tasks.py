@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from fedjax_med import losses
 from fedjax_med.engine.types import Batch, PyTree
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "representation")
 
 
 class Task(NamedTuple):
@@ -70,3 +70,17 @@ def segmentation(model: nn.Module, dice_weight: float, ce_weight: float) -> Task
     return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
 
   return Task("segmentation", loss_fn, predict_fn)
+
+
+def representation(model: nn.Module) -> Task:
+  """Self-supervised pre-training: the algorithm owns the loss; prediction = L2-normalised projection [B, D]."""
+
+  def loss_fn(params, model_state, batch: Batch, rng, train=True):
+    raise NotImplementedError("the 'representation' task has no supervised loss: use an algorithm that defines "
+                              "its own (e.g. algorithm.name='fcl')")
+
+  def predict_fn(variables, images):
+    projection = model.apply(variables, images, train=False)["projection"]
+    return projection / jnp.maximum(jnp.linalg.norm(projection, axis=-1, keepdims=True), 1e-8)
+
+  return Task("representation", loss_fn, predict_fn)

@@ -13,6 +13,7 @@ import shutil
 import time
 from typing import Any
 
+import flax.serialization
 import jax
 import ml_collections
 import numpy as np
@@ -27,6 +28,7 @@ from fedjax_med.logging_utils import MetricsWriter, summary_table, to_python
 
 log = logging.getLogger("fedjax_med")
 CONFIG_FILE = "config.json"
+GLOBAL_VARIABLES_FILE = "global_variables.msgpack"
 RESULTS_FILE = "results.json"
 
 
@@ -110,6 +112,8 @@ def evaluate(exp: experiment.Experiment, predict, server_state) -> dict[str, Any
   probs = evaluation.predict_all(predict, variables, exp.eval_dataset.arrays["images"], exp.config.eval.batch_size)
   if exp.task.name == "classification":
     return evaluation.classification_report(probs, exp.eval_dataset, exp.meta["num_classes"])
+  if exp.task.name == "representation":
+    return evaluation.partition_retrieval_report(probs, exp.eval_dataset, exp.config.data.num_partitions)
   return evaluation.segmentation_report(probs, exp.eval_dataset, hd95=exp.config.eval.hd95)
 
 
@@ -134,6 +138,16 @@ def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
 def scan_unroll(config: ml_collections.ConfigDict) -> int | bool:
   unroll = config.execution.scan_unroll
   return execution.default_unroll(jax.default_backend()) if unroll < 0 else (True if unroll == 0 else unroll)
+
+
+def save_global_variables(workdir: str, variables) -> str:
+  """Writes the final global model variables to ``workdir/global_variables.msgpack`` (atomically): the
+  input of a later stage, e.g. fine-tuning from a pre-trained encoder (``model.init_encoder``)."""
+  path = os.path.join(workdir, GLOBAL_VARIABLES_FILE)
+  with open(path + ".tmp", "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
+  os.replace(path + ".tmp", path)
+  return path
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
@@ -199,6 +213,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              "num_clients": len(exp.client_datasets), "synthetic_data": bool(exp.meta.get("synthetic"))}
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
     json.dump(to_python(summary), f, indent=1)
+  save_global_variables(workdir, exp.algorithm.eval_variables(server_state, None))
   print(summary_table(last_eval, f"Final evaluation on {config.data.name}/{config.data.eval_split} "
                       f"after {config.num_rounds} rounds ({strategy}):"))
   return summary

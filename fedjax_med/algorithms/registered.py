@@ -6,6 +6,7 @@ import dataclasses
 
 import ml_collections
 
+from fedjax_med.algorithms import fcl as fcl_lib
 from fedjax_med.algorithms import fedavg as fedavg_lib
 from fedjax_med.algorithms import fedirm as fedirm_lib
 from fedjax_med.algorithms import register
@@ -52,3 +53,26 @@ def build_fedirm(config: ml_collections.ConfigDict, task, variables, model):
     return ["labeled" if c in labeled else "unlabeled" for c in range(num_clients)]
 
   return algorithm, roles
+
+
+FCL_KEYS = tuple(f.name for f in dataclasses.fields(fcl_lib.Hyper) if f.name not in ("num_clients", "projection_dim"))
+
+
+@register("fcl")
+def build_fcl(config: ml_collections.ConfigDict, task, variables, model):
+  """FCL pre-training and its contrastive baselines: every client is in the one cohort ``clients``."""
+  del task, variables
+  algo = config.algorithm
+  missing = [k for k in FCL_KEYS if k not in algo]
+  if missing:
+    raise ValueError(f"config.algorithm lacks the FCL keys {missing}; start from configs/fcl_acdc.py")
+  if config.data.batch_mode != "volume_partitions" or len(config.data.views) != 2:
+    raise ValueError("FCL needs config.data.batch_mode='volume_partitions' and two config.data.views; got "
+                     f"{config.data.batch_mode!r} and {tuple(config.data.views)}")
+  if not hasattr(model, "projection_dim"):
+    raise ValueError(f"FCL needs a model with a projection head (model.name='unet_encoder_projector'); got "
+                     f"{config.model.name!r}")
+  hp = fcl_lib.Hyper(num_clients=config.partition.num_clients, projection_dim=model.projection_dim,
+                     **{k: algo[k] for k in FCL_KEYS})
+  algorithm = fcl_lib.fcl(model, client_optimizer(config.client), server_optimizer(config), hp)
+  return algorithm, lambda num_clients: ["clients"] * num_clients

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-VIEWS = ("weak", "strong")
+VIEWS = ("weak", "strong", "spatial")
 WEAK_DEGREES = 10.0
 WEAK_TRANSLATE = 0.02  # fraction of the image size
 STRONG_DEGREES = 30.0
@@ -25,13 +25,20 @@ STRONG_SHEAR = 0.3
 STRONG_TRANSLATE = 0.3
 STRONG_OPS = 2
 EQUALIZE_BINS = 256  # as PIL
+SPATIAL_DEGREES = 180.0  # the PCL / FCL pre-training pipeline: any rotation, scale 0.7-1.3, mirroring
+SPATIAL_SCALE = (0.7, 1.3)
+SPATIAL_TRANSLATE = 0.1
 CUTOUT_FRACTION = 0.5  # side of the cutout square relative to the image side (FixMatch: up to 0.5)
 
 
 def affine_matrices(key: jax.Array, batch: int, degrees: float, translate: float, shear: float = 0.0,
-                    flips: bool = True) -> jax.Array:
-  """Per-example 2x3 maps from output to input coordinates (centred, in pixels/size units) ``[B, 2, 3]``."""
+                    flips: bool = True, scale: tuple[float, float] = (1.0, 1.0)) -> jax.Array:
+  """Per-example 2x3 maps from output to input coordinates (centred, in pixels/size units) ``[B, 2, 3]``.
+
+  ``scale`` (zoom of the content) is drawn uniformly in the given range; the map divides by it.
+  """
   k_rot, k_shift, k_shear, k_flip = jax.random.split(key, 4)
+  zoom = jax.random.uniform(jax.random.fold_in(key, 1), (batch, 1, 1), minval=scale[0], maxval=scale[1])
   angle = jnp.deg2rad(jax.random.uniform(k_rot, (batch,), minval=-degrees, maxval=degrees))
   shift = jax.random.uniform(k_shift, (batch, 2), minval=-translate, maxval=translate)
   sh = jax.random.uniform(k_shear, (batch,), minval=-shear, maxval=shear)
@@ -40,7 +47,7 @@ def affine_matrices(key: jax.Array, batch: int, degrees: float, translate: float
   rotation = jnp.stack([jnp.stack([cos, -sin], -1), jnp.stack([sin, cos], -1)], -2)
   shearing = jnp.stack([jnp.stack([jnp.ones_like(sh), sh], -1), jnp.stack([jnp.zeros_like(sh), jnp.ones_like(sh)], -1)],
                        -2)
-  linear = rotation @ shearing * flip[:, None, :]
+  linear = rotation @ shearing * flip[:, None, :] / zoom
   return jnp.concatenate([linear, shift[..., None]], axis=-1)
 
 
@@ -129,6 +136,13 @@ def weak_view(key: jax.Array, images: jax.Array) -> jax.Array:
   return warp(images, affine_matrices(key, images.shape[0], WEAK_DEGREES, WEAK_TRANSLATE))
 
 
+def spatial_view(key: jax.Array, images: jax.Array) -> jax.Array:
+  """Flips + any rotation + scale 0.7-1.3 + shift up to 10 % (the PCL pre-training transforms without the
+  elastic deformation)."""
+  return warp(images, affine_matrices(key, images.shape[0], SPATIAL_DEGREES, SPATIAL_TRANSLATE,
+                                      scale=SPATIAL_SCALE))
+
+
 def cutout(key: jax.Array, images: jax.Array, fraction: float) -> jax.Array:
   """Greys out one random square of side up to ``fraction`` of the image per example."""
   batch, height, width, _ = images.shape
@@ -161,4 +175,6 @@ def view_fn(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return weak_view
   if name == "strong":
     return strong_view
+  if name == "spatial":
+    return spatial_view
   raise ValueError(f"unknown augmentation view {name!r}; allowed: {VIEWS}")

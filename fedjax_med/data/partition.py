@@ -81,6 +81,15 @@ def pooled(num_rows: int) -> np.ndarray:
   return np.zeros(num_rows, np.int32)
 
 
+def first_groups(group: np.ndarray, count: int, seed: int) -> np.ndarray:
+  """Bool ``[N]``: the rows of ``count`` groups drawn at random (seeded) from the unique ``group`` values."""
+  unique = np.unique(group)
+  if count > len(unique):
+    raise ValueError(f"partition.groups_per_client={count} but a client holds only {len(unique)} groups")
+  chosen = np.random.default_rng(seed).choice(unique, count, replace=False)
+  return np.isin(group, chosen)
+
+
 def labeled_mask(client_of_row: np.ndarray, group: np.ndarray, labeled_clients: tuple[int, ...] = (),
                  labeled_fraction: float = 1.0, seed: int = 0) -> np.ndarray:
   """Which rows keep their labels: bool ``[N]``.

@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_med.data import augment
+from fedjax_med.data import augment, volumes
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.sampling import num_epochs_needed
 
-TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles")
-BATCH_MODES = ("images", "patches")
+TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts")
+BATCH_MODES = ("images", "patches", "volume_partitions")
 
 
 def stack_clients(datasets: Sequence[PreparedDataset], keys: Sequence[str] = TRAIN_KEYS) -> dict[str, np.ndarray]:
@@ -160,14 +160,37 @@ def patch_batch_fn(patch_size: int, mean: Sequence[float], std: Sequence[float],
   return batch_fn
 
 
+def volume_partition_batch_fn(mean: Sequence[float], std: Sequence[float], views: Sequence[str]) -> Callable:
+  """Volumes in the layout of ``data.volumes.to_volumes``: each sampled volume gives one random slice per
+  partition. ``batch = {images, images_2, ... [B * S, H, W, C], partition int32 [B * S]}``, one view per name
+  in ``views`` (at least one)."""
+  if not views:
+    raise ValueError("data.batch_mode='volume_partitions' needs data.views (e.g. ('spatial', 'spatial'))")
+  view_fns = [augment.view_fn(v) for v in views]
+
+  def batch_fn(arrays, idx, key):
+    k_slices, k_views = jax.random.split(key)
+    slices, partition = volumes.sample_partition_slices(k_slices, arrays["images"][idx],
+                                                        arrays["partition_counts"][idx])
+    raw = slices.astype(jnp.float32) / 255.0
+    batch = {"partition": partition}
+    for i, (fn, k) in enumerate(zip(view_fns, jax.random.split(k_views, len(view_fns)))):
+      batch["images" if i == 0 else f"images_{i + 1}"] = normalize_unit(fn(k, raw), mean, std)
+    return batch
+
+  return batch_fn
+
+
 def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int = 0,
                   views: Sequence[str] = ()):
   if mode == "images":
     return image_batch_fn(mean, std, flips, views)
-  if views:
+  if views and mode == "patches":
     raise ValueError(f"data.views={tuple(views)} needs data.batch_mode='images'; got {mode!r}")
   if mode == "patches":
     if patch_size <= 0:
       raise ValueError(f"data.batch_mode='patches' needs data.patch_size > 0; got {patch_size=}")
     return patch_batch_fn(patch_size, mean, std, flips)
+  if mode == "volume_partitions":
+    return volume_partition_batch_fn(mean, std, views)
   raise ValueError(f"unknown data.batch_mode {mode!r}; allowed: {BATCH_MODES}")

@@ -84,3 +84,23 @@ def hd95(pred_mask: np.ndarray, target_mask: np.ndarray, spacing=None) -> float:
 def hd95_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=None) -> np.ndarray:
   """``[B, C-1]`` HD95 of each foreground class of each item."""
   return np.array([[hd95(p == c, t == c, spacing) for c in range(1, num_classes)] for p, t in zip(pred, target)])
+
+
+def volume_dice(pred: np.ndarray, target: np.ndarray, volume: np.ndarray, num_classes: int) -> np.ndarray:
+  """3-D Dice per volume and foreground class, ``[V, num_classes - 1]``, from slice rows.
+
+  Args:
+    pred, target: int ``[N, H, W]`` label maps of N slices; volume: int ``[N]`` volume index 0..V-1.
+  Returns:
+    ``2 |P & G| / (|P| + |G|)`` over each volume's voxels; NaN where the class is absent from the volume's
+    ground truth (left out of means, as the ACDC challenge does for absent structures).
+  """
+  num_volumes = int(volume.max()) + 1
+  out = np.full((num_volumes, num_classes - 1), np.nan)
+  for c in range(1, num_classes):
+    p, g = (pred == c).reshape(len(pred), -1), (target == c).reshape(len(target), -1)
+    inter = np.bincount(volume, (p & g).sum(1), num_volumes)
+    size_p, size_g = np.bincount(volume, p.sum(1), num_volumes), np.bincount(volume, g.sum(1), num_volumes)
+    present = size_g > 0
+    out[present, c - 1] = 2 * inter[present] / (size_p[present] + size_g[present])
+  return out

@@ -8,18 +8,22 @@ alone), segmenters ``{"logits": [B, H, W, K], "features": bottleneck}``.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 
+from fedjax_med.models import unet
 from fedjax_med.models.cnn import SmallCNN
 from fedjax_med.models.densenet import DenseNet, densenet121, densenet_narrow
-from fedjax_med.models.unet import UNet
+from fedjax_med.models.unet import UNet, UNetEncoderProjector
 from fedjax_med.registry import Registry
 
 MODELS = Registry("model")  # name -> (builder, the flax module class whose fields it accepts)
 MODELS.add("unet", (UNet, UNet))
+MODELS.add("unet_encoder_projector", (UNetEncoderProjector, UNetEncoderProjector))
 MODELS.add("densenet121", (densenet121, DenseNet))
 MODELS.add("densenet_narrow", (densenet_narrow, DenseNet))
 MODELS.add("densenet", (DenseNet, DenseNet))
@@ -49,3 +53,15 @@ def count_params(params) -> int:
 
 
 __all__ = ["MODELS", "DenseNet", "SmallCNN", "UNet", "count_params", "get_model", "init_variables"]
+
+
+def load_pretrained_encoder(variables: dict, workdir: str) -> dict:
+  """``variables`` of a U-Net with the encoder of the global model saved by a run in ``workdir``
+  (``global_variables.msgpack``, e.g. FCL pre-training); the decoder keeps its fresh initialisation."""
+  path = os.path.join(workdir, "global_variables.msgpack")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"model.init_encoder: {path} does not exist; has the pre-training run in {workdir} "
+                            "finished?")
+  with open(path, "rb") as f:
+    pretrained = flax.serialization.msgpack_restore(f.read())
+  return unet.load_encoder(variables, unet.encoder_parameters(pretrained))

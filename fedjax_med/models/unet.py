@@ -91,3 +91,56 @@ class UNet(nn.Module):
         x = nn.Conv(self.widths[i], (1, 1), name=f"up{i}")(jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear"))
       x = block(i, f"dec{i}")(jnp.concatenate([skips[i], x], axis=-1), train=train)
     return {"logits": nn.Conv(self.num_classes, (1, 1), name="out")(x), "features": features}
+
+
+class UNetEncoderProjector(nn.Module):
+  """The U-Net's contracting path (same parameter names as :class:`UNet`: ``down{i}``, ``bottleneck``) followed by
+  global average pooling and a projection head Dense(hidden) - ReLU - Dense(projection_dim), for contrastive
+  pre-training (as the PCL / FCL encoders). Its encoder parameters load into a ``UNet`` of the same widths.
+
+  ``num_classes`` is accepted for the registry and unused. Returns ``{"projection": [B, projection_dim],
+  "features": [B, widths[-1]] (pooled bottleneck)}``.
+  """
+
+  num_classes: int = 0
+  widths: Sequence[int] = (16, 32, 64, 128, 256)
+  norm: str = "batch"
+  group_norm_groups: int = 8
+  bn_momentum: float = 0.9
+  projection_dim: int = 128
+  hidden: int = 0  # 0 = widths[-1] (PCL: Linear(16f, 16f))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    UNet(0, widths=self.widths, norm=self.norm)._check(x)
+    block = lambda i, name: ConvBlock(self.widths[i], self.norm, self.group_norm_groups, 0.0, self.bn_momentum,
+                                      name=name)
+    for i in range(len(self.widths) - 1):
+      x = nn.max_pool(block(i, f"down{i}")(x, train=train), (2, 2), strides=(2, 2))
+    pooled = jnp.mean(block(len(self.widths) - 1, "bottleneck")(x, train=train), axis=(1, 2))
+    hidden = nn.relu(nn.Dense(self.hidden or self.widths[-1], name="proj_hidden")(pooled))
+    return {"projection": nn.Dense(self.projection_dim, name="proj_out")(hidden), "features": pooled}
+
+
+def encoder_parameters(variables: dict) -> dict:
+  """The encoder part (``down*`` and ``bottleneck``) of a U-Net's or UNetEncoderProjector's variables."""
+  return {collection: {k: v for k, v in tree.items() if k.startswith("down") or k == "bottleneck"}
+          for collection, tree in variables.items()}
+
+
+def load_encoder(variables: dict, encoder: dict) -> dict:
+  """``variables`` of a U-Net with its encoder replaced by ``encoder`` (shapes must agree)."""
+  out = {}
+  for collection, tree in variables.items():
+    source = encoder.get(collection, {})
+    merged = dict(tree)
+    for name, value in source.items():
+      if name not in tree:
+        raise ValueError(f"pre-trained encoder module {collection}/{name} is not in the U-Net")
+      shapes = jax.tree.map(jnp.shape, tree[name]), jax.tree.map(jnp.shape, value)
+      if shapes[0] != shapes[1]:
+        raise ValueError(f"pre-trained encoder module {collection}/{name} has shapes {shapes[1]}, the U-Net "
+                         f"{shapes[0]}: are model.kwargs.widths the same?")
+      merged[name] = value
+    out[collection] = merged
+  return out

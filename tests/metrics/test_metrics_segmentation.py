@@ -64,3 +64,22 @@ def test_hd95_conventions_and_shift():
   assert np.isnan(hd95(square, np.zeros_like(square)))
   per_class = hd95_per_class(np.stack([square * 2]), np.stack([shifted * 2]), 3)
   assert per_class.shape == (1, 2) and per_class[0, 0] == 0.0 and per_class[0, 1] == pytest.approx(3.0)
+
+
+def test_volume_dice_against_a_per_volume_loop():
+  from fedjax_med.metrics import volume_dice
+
+  rng = np.random.default_rng(0)
+  pred, target = rng.integers(0, 4, (7, 5, 5)), rng.integers(0, 4, (7, 5, 5))
+  target[5:] = np.where(target[5:] == 3, 0, target[5:])  # volume 2 has no class 3
+  volume = np.array([0, 0, 0, 1, 1, 2, 2])
+  got = volume_dice(pred, target, volume, 4)
+  for v in range(3):
+    p, g = pred[volume == v], target[volume == v]
+    for c in range(1, 4):
+      if not (g == c).any():
+        assert np.isnan(got[v, c - 1])
+        continue
+      expected = 2 * ((p == c) & (g == c)).sum() / ((p == c).sum() + (g == c).sum())
+      assert got[v, c - 1] == pytest.approx(expected)
+  assert np.isnan(got[2, 2])
