@@ -66,7 +66,7 @@ def segmentation_report(probs: np.ndarray, dataset: PreparedDataset, hd95: bool 
     human, _, human_valid = metrics.dice_iou(dataset.arrays["masks_2nd"].astype(np.int64), masks, num_classes,
                                              region=region)
     report["dice_2nd_observer"] = float(metrics.reduce_metric(human, human_valid, "mean"))
-  if dataset.has("slice_idx") and num_classes > 2:  # volumes: 3-D Dice per structure, mean over volumes
+  if dataset.has("slice_idx"):  # volumes: 3-D Dice per structure, mean over volumes
     per_volume = metrics.volume_dice(pred, masks, volumes.volume_ids(dataset), num_classes)
     per_class = np.nanmean(per_volume, axis=0)
     report.update({f"dice3d_class{c + 1}": float(v) for c, v in enumerate(per_class)})
@@ -81,10 +81,16 @@ def partition_retrieval_report(features: np.ndarray, dataset: PreparedDataset, n
   """How well features ``[N, D]`` (L2-normalised) of held-out slices encode their position: for every slice,
   its nearest neighbour (cosine) among the slices of OTHER patients (``group``; a patient's ED and ES
   volumes look alike slice by slice); ``partition_top1`` = fraction whose neighbour lies in the same
-  partition (chance ~ 1 / num_partitions)."""
+  partition (chance ~ 1 / num_partitions); ``partition_similarity`` [S, S] = mean cosine similarity between
+  slices of partitions a and b of different patients (a good encoder: a bright diagonal)."""
   partition = volumes.slice_partitions(dataset, num_partitions)
   group = dataset.arrays["group"]
   sim = features @ features.T
   sim[group[:, None] == group[None, :]] = -np.inf
   neighbour = np.argmax(sim, axis=1)
-  return {"partition_top1": float(np.mean(partition[neighbour] == partition))}
+  onehot = np.eye(num_partitions)[partition]  # [N, S]
+  finite = np.where(np.isfinite(sim), sim, 0.0)
+  pairs = onehot.T @ np.isfinite(sim) @ onehot
+  similarity = (onehot.T @ finite @ onehot) / np.maximum(pairs, 1)
+  return {"partition_top1": float(np.mean(partition[neighbour] == partition)),
+          "partition_similarity": similarity.tolist()}

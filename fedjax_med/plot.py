@@ -5,6 +5,9 @@ Writes ``curves_train.png`` (mean and per-client training loss per round),
 log relation matrices (FedIRM), ``drm.png`` (the server's matrix beside one unlabeled
 client's at a few rounds) into the workdir (or ``--out``).
 
+``--overlays K`` (segmentation runs) adds ``overlays.png``: K held-out images with ground truth and prediction.
+Representation runs (FCL) get ``partition_similarity.png``.
+
 ``python -m fedjax_med.plot --compare DIR [DIR ...] --metric macro_auroc --out FILE.png``
 draws one evaluation metric of several runs on one figure.
 """
@@ -108,6 +111,27 @@ def _eval_points(workdir: str, metric: str) -> list[tuple[int, float]]:
   return points
 
 
+def plot_partition_similarity(records: list[dict], path: str) -> str | None:
+  """Heatmap of the last evaluation's ``partition_similarity`` (representation runs, e.g. FCL)."""
+  last = next((r for r in reversed(records) if "partition_similarity" in r.get("eval", {})), None)
+  if last is None:
+    return None
+  matrix = np.asarray(last["eval"]["partition_similarity"])
+  fig, ax = plt.subplots(figsize=(3.6, 3.2))
+  image = ax.imshow(matrix, cmap="magma")
+  ax.set_title(f"cosine similarity by partition, round {last['round']}", fontsize=8)
+  ticks = range(len(matrix))
+  ax.set_xticks(ticks, [f"P{i + 1}" for i in ticks])
+  ax.set_yticks(ticks, [f"P{i + 1}" for i in ticks])
+  for (i, j), v in np.ndenumerate(matrix):
+    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < matrix.mean() else "k")
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def plot_compare(workdirs: list[str], metric: str, path: str, over_seeds: bool = False) -> str:
   """One evaluation metric against the round for several runs (labels: the workdir names).
 
@@ -145,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default=None, help="output directory (default: the workdir); a file with --compare")
   parser.add_argument("--compare", nargs="+", default=None, help="workdirs whose --metric to draw on one figure")
   parser.add_argument("--metric", default="macro_auroc")
+  parser.add_argument("--overlays", type=int, default=0,
+                      help="segmentation runs: draw K held-out images with ground truth and prediction")
   parser.add_argument("--over-seeds", action="store_true", help="with --compare: mean ± std over <run>_s<seed> dirs")
   args = parser.parse_args(argv)
   try:
@@ -162,9 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   out = args.out or args.workdir
   os.makedirs(out, exist_ok=True)
+  if args.overlays:
+    from fedjax_med import overlays  # builds the experiment: imports jax and the data pipeline
+
+    try:
+      print(overlays.plot_overlays(args.workdir, os.path.join(out, "overlays.png"), args.overlays))
+    except (FileNotFoundError, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   written = [plot_training(records, os.path.join(out, "curves_train.png")),
              plot_evaluation(records, os.path.join(out, "curves_eval.png")),
-             plot_drm(records, os.path.join(out, "drm.png"))]
+             plot_drm(records, os.path.join(out, "drm.png")),
+             plot_partition_similarity(records, os.path.join(out, "partition_similarity.png"))]
   for path in filter(None, written):
     print(path)
   return 0

@@ -27,7 +27,8 @@ from fedjax_med.engine.sampling import select_clients
 from fedjax_med.logging_utils import MetricsWriter, summary_table, to_python
 
 log = logging.getLogger("fedjax_med")
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "config.json"  # what determines results (compared on resumption)
+FULL_CONFIG_FILE = "config_full.json"  # every key of the latest invocation (to rebuild the run, e.g. overlays)
 GLOBAL_VARIABLES_FILE = "global_variables.msgpack"
 RESULTS_FILE = "results.json"
 
@@ -57,10 +58,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       shutil.move(workdir, aside)
       log.warning("moved the old run in %s to %s", workdir, aside)
   os.makedirs(workdir, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(new, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  for name, content in ((CONFIG_FILE, new), (FULL_CONFIG_FILE, json.loads(config.to_json_best_effort()))):
+    target = os.path.join(workdir, name)
+    with open(target + ".tmp", "w") as f:
+      json.dump(content, f, indent=1, sort_keys=True)
+    os.replace(target + ".tmp", target)
 
 
 # -- rounds -----------------------------------------------------------------------------------------------------------

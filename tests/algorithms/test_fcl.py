@@ -1,6 +1,7 @@
 """FCL: memory bank, feature exchange (own features excluded, stale slots kept), modes, strategies, transfer."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,16 @@ def test_finetuning_starts_from_the_pretrained_encoder_with_a_fresh_decoder(tmp_
   fresh = models.init_variables(exp.model, jax.random.split(jax.random.PRNGKey(config.seed))[0], (16, 16, 1))
   np.testing.assert_array_equal(exp.variables["params"]["out"]["kernel"], fresh["params"]["out"]["kernel"])
   assert all(len(c.arrays["group"]) and len(set(c.arrays["group"])) == 2 for c in exp.client_datasets)
+  config.update(num_rounds=1)
+  config.eval.every = config.checkpoint.every = 1
+  config.execution.strategy, config.log.progress, config.log.tensorboard = "sequential", False, False
+  summary = train.run(config, str(tmp_path / "ft"))
+  assert 0.0 <= summary["eval"]["dice3d"] <= 1.0 and "dice3d_class1" in summary["eval"]
+  from fedjax_med import overlays
+
+  assert os.path.getsize(overlays.plot_overlays(str(tmp_path / "ft"), str(tmp_path / "ov.png"), 2)) > 0
+  with pytest.raises(ValueError, match="needs a segmentation run"):
+    overlays.plot_overlays(str(tmp_path / "pre"), str(tmp_path / "ov2.png"), 2)
   config.model.init_encoder = str(tmp_path / "missing")
   with pytest.raises(FileNotFoundError, match="missing/global_variables.msgpack"):
     experiment.build(config)

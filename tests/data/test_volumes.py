@@ -55,3 +55,30 @@ def test_sampling_takes_one_real_slice_from_each_partition():
     assert values[4] in (10, 11) and values[5:].tolist() == [12, 13, 14]
     seen.add(int(values[4]))
   assert seen == {10, 11}  # both slices of the 2-slice partition get drawn, never the zero padding
+
+
+def test_partition_retrieval_report_by_brute_force():
+  from fedjax_med import evaluation
+
+  # patients a, b, c with 4-slice volumes; features = unit vectors that encode the partition, except one
+  rows = 12
+  group = np.repeat(np.array(["a", "b", "c"]), 4)
+  arrays = {"images": np.zeros((rows, 2, 2, 1), np.uint8), "group": group, "site": np.array([""] * rows),
+            "split": np.array(["test"] * rows), "slice_idx": np.tile(np.arange(4), 3).astype(np.int32)}
+  ds = PreparedDataset(arrays, {"name": "toy"})
+  angles = np.tile(np.arange(4), 3) * np.pi / 4
+  angles[11] = 0.0  # c's last slice looks like partition 0
+  features = np.stack([np.cos(angles), np.sin(angles)], 1)
+  report = evaluation.partition_retrieval_report(features, ds, 4)
+  hits = []
+  for i in range(rows):
+    others = [j for j in range(rows) if group[j] != group[i]]
+    best = max(others, key=lambda j: features[i] @ features[j])
+    hits.append(best % 4 == i % 4)
+  assert report["partition_top1"] == np.mean(hits)
+  sim = np.asarray(report["partition_similarity"])
+  for a in range(4):
+    for b in range(4):
+      vals = [features[i] @ features[j] for i in range(rows) for j in range(rows)
+              if i % 4 == a and j % 4 == b and group[i] != group[j]]
+      assert sim[a, b] == pytest.approx(np.mean(vals))
