@@ -87,6 +87,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.aggregation.clients_per_round = 0  # 0 = all clients every round
   config.aggregation.nonfinite = "skip"  # skip: leave a NaN client out and report it | stop: stop the run
 
+  # Client-level DP-FedAvg (fedjax_med.engine.privacy); needs the `dp` extra for the accounting.
+  config.privacy = ml_collections.ConfigDict()
+  config.privacy.enabled = False
+  config.privacy.clip = 1.0  # S: each client's update clipped to global L2 norm <= S
+  config.privacy.noise_multiplier = 1.0  # z: noise N(0, (z S)^2) on the sum; < 0 = calibrate to target_epsilon
+  config.privacy.sampling = "poisson"  # poisson (rate q) | fixed (aggregation.clients_per_round)
+  config.privacy.rate = 1.0  # poisson: each client's participation probability q
+  config.privacy.delta = 1e-5
+  config.privacy.accountant = "rdp"  # rdp | pld (pld: poisson sampling only)
+  config.privacy.target_epsilon = 0.0  # > 0: stop before a round would exceed it (and calibrate z if z < 0)
+  config.privacy.unprotected_messages = ()  # messages besides the update accepted WITHOUT protection
+
   config.execution = ml_collections.ConfigDict()
   config.execution.strategy = "auto"  # auto (measured) | vmap | unrolled | sequential | stepwise
   config.execution.candidates = ("vmap", "unrolled", "sequential", "stepwise")  # what auto measures

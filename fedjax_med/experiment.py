@@ -17,6 +17,7 @@ from fedjax_med.data.format import PreparedDataset
 from fedjax_med.data.pipeline import TRAIN_KEYS, cohort_data, make_batch_fn
 from fedjax_med.data.sources import load_dataset
 from fedjax_med.data.streaming import RowSource, StreamedCohort
+from fedjax_med.engine import privacy
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.types import FederatedAlgorithm, PyTree, ServerState
 
@@ -38,6 +39,7 @@ class Experiment:
   plans: dict[str, LocalPlan]
   batch_fns: dict[str, Callable]
   streamed: dict[str, StreamedCohort] = dataclasses.field(default_factory=dict)
+  dp: privacy.DPConfig | None = None
 
   def data_for_round(self, round_num: int) -> dict[str, CohortData]:
     """The cohorts' data: device-resident, or this round's batches read through grain."""
@@ -115,6 +117,30 @@ def tfds_clients(config: ml_collections.ConfigDict):
   return clients, eval_dataset, meta, clients[0][0]["images"].shape
 
 
+def dp_config(config: ml_collections.ConfigDict, num_clients: int) -> privacy.DPConfig | None:
+  """The run's DP-FedAvg settings (None when off); a negative noise multiplier is calibrated to the target ε."""
+  cfg = config.privacy
+  if not cfg.enabled:
+    return None
+  per_round = config.aggregation.clients_per_round
+  if cfg.sampling == "fixed":
+    rate = min(per_round, num_clients) / num_clients if per_round else 1.0
+  else:
+    if per_round:
+      raise ValueError("config.privacy.sampling='poisson' draws the clients itself: set "
+                       f"config.aggregation.clients_per_round=0 (got {per_round}) and config.privacy.rate")
+    rate = cfg.rate
+  dp = privacy.DPConfig(clip=cfg.clip, noise_multiplier=max(cfg.noise_multiplier, 0.0), num_clients=num_clients,
+                        sampling=cfg.sampling, rate=rate, unprotected_messages=tuple(cfg.unprotected_messages))
+  if cfg.noise_multiplier < 0:
+    if cfg.target_epsilon <= 0:
+      raise ValueError("config.privacy.noise_multiplier < 0 asks for calibration: set config.privacy.target_epsilon")
+    z = privacy.calibrate_noise(cfg.target_epsilon, cfg.delta, config.num_rounds, dp, cfg.accountant,
+                                per_round)
+    dp = dataclasses.replace(dp, noise_multiplier=z)
+  return dp
+
+
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Builds the experiment (loads data, partitions, initialises the model, puts client data on device)."""
   if config.data.name == "tfds":
@@ -144,6 +170,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   cohorts: dict[str, list[int]] = {}
   for client_id, role in enumerate(roles(len(clients))):
     cohorts.setdefault(role, []).append(client_id)
+  dp = dp_config(config, len(clients))
+  if dp is not None:
+    algorithm = privacy.with_dp(algorithm, dp)
   cohort_views = dict(config.data.cohort_views)
   batch_fns = {name: make_batch_fn(config.data.batch_mode, mean=tuple(config.data.mean), std=tuple(config.data.std),
                                    flips=config.data.flips, patch_size=config.data.patch_size,
@@ -160,7 +189,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       data[name], plans[name] = cohort_data([clients[i] for i in ids], ids, config.client.batch_size,
                                             config.client.local_steps, config.client.local_epochs)
   return Experiment(config, meta, clients, eval_dataset, cohorts, model, task, variables, algorithm, data,
-                    plans, batch_fns, streamed)
+                    plans, batch_fns, streamed, dp)
 
 
 def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:

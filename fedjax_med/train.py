@@ -22,7 +22,7 @@ import tqdm
 from fedjax_med import config as config_lib
 from fedjax_med import evaluation, experiment
 from fedjax_med.checkpoint import Checkpointer
-from fedjax_med.engine import auto, execution
+from fedjax_med.engine import auto, execution, privacy
 from fedjax_med.engine.sampling import select_clients
 from fedjax_med.logging_utils import MetricsWriter, summary_table, to_python
 
@@ -142,6 +142,26 @@ def scan_unroll(config: ml_collections.ConfigDict) -> int | bool:
   return execution.default_unroll(jax.default_backend()) if unroll < 0 else (True if unroll == 0 else unroll)
 
 
+def privacy_record(exp: experiment.Experiment, rounds: int) -> dict[str, Any]:
+  """ε spent after ``rounds`` rounds at the configured δ, and the mechanism's parameters."""
+  cfg = exp.config.privacy
+  eps = privacy.epsilon(exp.dp, rounds, cfg.delta, cfg.accountant, exp.config.aggregation.clients_per_round)
+  return {"epsilon": eps, "delta": cfg.delta, "noise_multiplier": exp.dp.noise_multiplier, "clip": exp.dp.clip,
+          "sampling": exp.dp.sampling, "rate": exp.dp.rate, "accountant": cfg.accountant}
+
+
+def privacy_budget_exceeded(exp: experiment.Experiment, rounds: int) -> str | None:
+  """A message if ``rounds`` rounds would spend more than ``privacy.target_epsilon``; None otherwise."""
+  cfg = exp.config.privacy
+  if exp.dp is None or cfg.target_epsilon <= 0:
+    return None
+  eps = privacy.epsilon(exp.dp, rounds, cfg.delta, cfg.accountant, exp.config.aggregation.clients_per_round)
+  if eps <= cfg.target_epsilon:
+    return None
+  return (f"privacy budget: round {rounds} would bring epsilon to {eps:.3f} > privacy.target_epsilon="
+          f"{cfg.target_epsilon} at delta={cfg.delta}")
+
+
 def save_global_variables(workdir: str, variables) -> str:
   """Writes the final global model variables to ``workdir/global_variables.msgpack`` (atomically): the
   input of a later stage, e.g. fine-tuning from a pre-trained encoder (``model.init_encoder``)."""
@@ -185,14 +205,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   last_eval: dict[str, Any] = {}
   bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not config.log.progress, unit="round")
   start_time = time.perf_counter()
+  rounds_done, privacy_stop = start_round, None
   try:
     for round_num in range(start_round, config.num_rounds):
+      privacy_stop = privacy_budget_exceeded(exp, round_num + 1)
+      if privacy_stop:
+        log.warning("%s; stopping after round %d", privacy_stop, round_num)
+        break
       tick = time.perf_counter()
       server_state, client_states, report = runner(server_state, client_states, exp.data_for_round(round_num),
                                                    selection_for(exp, round_num))
       excluded = check_finite(report, round_num, config.aggregation.nonfinite)
       row = round_record(report, round_num, time.perf_counter() - tick, excluded)
-      done = round_num + 1
+      done = rounds_done = round_num + 1
+      if exp.dp is not None:
+        row["privacy"] = privacy_record(exp, done)
       if done % config.eval.every == 0 or done == config.num_rounds:
         last_eval = row["eval"] = evaluate(exp, predict, server_state)
       writer.write(row)
@@ -208,14 +235,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checkpointer.close()
 
   # Summary.
-  if not last_eval:  # resumed a finished run: evaluate the restored model
+  stopped_unsaved = privacy_stop and rounds_done % config.eval.every != 0
+  if not last_eval or stopped_unsaved:  # resumed a finished run, or the budget stopped it between evaluations
     last_eval = evaluate(exp, predict, server_state)
-  summary = {"workdir": workdir, "rounds": config.num_rounds, "strategy": strategy, "calibration": timings,
+  if privacy_stop and rounds_done % config.checkpoint.every:
+    final = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
+    final.save(rounds_done, experiment.state_tree(server_state, client_states), record)
+    final.close()
+  summary = {"workdir": workdir, "rounds": rounds_done, "strategy": strategy, "calibration": timings,
              "train_seconds_this_process": time.perf_counter() - start_time, "eval": last_eval,
              "num_clients": len(exp.client_datasets), "synthetic_data": bool(exp.meta.get("synthetic"))}
+  if exp.dp is not None:
+    summary["privacy"] = {**privacy_record(exp, rounds_done), "stopped_by_budget": bool(privacy_stop)}
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
     json.dump(to_python(summary), f, indent=1)
   save_global_variables(workdir, exp.algorithm.eval_variables(server_state, None))
   print(summary_table(last_eval, f"Final evaluation on {config.data.name}/{config.data.eval_split} "
-                      f"after {config.num_rounds} rounds ({strategy}):"))
+                      f"after {rounds_done} rounds ({strategy}):"))
   return summary

@@ -1,0 +1,178 @@
+"""Client-level differential privacy for any algorithm whose clients send parameter updates (DP-FedAvg).
+
+DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018, Alg. 1):
+each participating client's update ``delta`` (the whole variables tree it sends) is clipped to global L2 norm
+``<= clip``; the server adds Gaussian noise ``N(0, (noise_multiplier * clip)^2)`` to each coordinate of the SUM
+and divides by a FIXED denominator, the expected number of participants ``q * N`` -- not by the realised
+count, which would depend on who took part. Everything happens inside the jitted round, the noise drawn
+from ``fold_in(fold_in(server rng, round), NOISE_STREAM)``.
+
+Sampling: ``poisson`` -- every client takes part with probability ``q`` independently (simulated by
+zeroing the weight of the clients not drawn, so shapes stay static; they still compute their update,
+which is discarded); ``fixed`` -- the engine's fixed-size sample of ``aggregation.clients_per_round``.
+
+Accounting (``dp-accounting``, RDP or PLD): a round is ``PoissonSampled(q, Gaussian(z))`` or
+``SampledWithoutReplacement(N, m, Gaussian(z))`` (replace-one adjacency), composed over rounds.
+
+What is protected: the parameter updates. Algorithms that send other data-dependent messages (FedIRM's
+relation matrices, FCL's features) are refused unless those messages are explicitly accepted as
+unprotected (``privacy.unprotected_messages``), so no guarantee is claimed that does not hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med.engine import aggregation
+from fedjax_med.engine.types import ClientResults, FederatedAlgorithm, PyTree, ServerState
+
+SAMPLINGS = ("poisson", "fixed")
+ACCOUNTANTS = ("rdp", "pld")
+NOISE_STREAM = 0x5EED  # fold_in constant separating the noise stream from the clients' keys
+DP_COHORT = "dp"
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+  """``clip`` S (L2), ``noise_multiplier`` z, ``sampling`` and its rate ``q`` (participants / clients)."""
+
+  clip: float
+  noise_multiplier: float
+  num_clients: int
+  sampling: str = "poisson"
+  rate: float = 1.0
+  unprotected_messages: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.clip <= 0:
+      raise ValueError(f"config.privacy.clip must be > 0; got {self.clip}")
+    if self.noise_multiplier < 0:
+      raise ValueError(f"config.privacy.noise_multiplier must be >= 0; got {self.noise_multiplier}")
+    if self.sampling not in SAMPLINGS:
+      raise ValueError(f"config.privacy.sampling={self.sampling!r} is not allowed; allowed: {list(SAMPLINGS)}")
+    if not 0 < self.rate <= 1:
+      raise ValueError(f"the client sampling rate must be in (0, 1]; got {self.rate}")
+
+  @property
+  def expected_clients(self) -> float:
+    return self.rate * self.num_clients
+
+
+def clip_updates(deltas: PyTree, clip: float) -> tuple[PyTree, jax.Array]:
+  """Each client's tree (leaves ``[K, ...]``) scaled to global L2 norm ``<= clip``; returns (clipped, norms [K])."""
+  leaves = jax.tree.leaves(deltas)
+  norms = jnp.sqrt(sum(jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=1) for x in leaves))
+  scale = jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-12))
+  return jax.tree.map(lambda x: x * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype), deltas), norms
+
+
+def poisson_mask(key: jax.Array, client_ids: jax.Array, rate: float) -> jax.Array:
+  """float ``[K]``: 1 where client ``client_ids[k]`` is drawn this round (independently with prob. ``rate``)."""
+  draws = jax.vmap(lambda c: jax.random.uniform(jax.random.fold_in(key, c)))(client_ids)
+  return (draws < rate).astype(jnp.float32)
+
+
+def noisy_mean(results: Mapping[str, ClientResults], key: jax.Array, dp: DPConfig) -> tuple[PyTree, dict]:
+  """The DP mean of every cohort's ``delta``: (sum of clipped updates + noise) / expected participants."""
+  total, count, clipped_count, norms_sum = None, 0.0, 0.0, 0.0
+  k_sample, k_noise = jax.random.split(key)
+  for result in results.values():
+    taking_part = (result.weights > 0).astype(jnp.float32)
+    if dp.sampling == "poisson":
+      taking_part = taking_part * poisson_mask(k_sample, result.client_ids, dp.rate)
+    clipped, norms = clip_updates(result.messages["delta"], dp.clip)
+    part = aggregation.weighted_sum(clipped, taking_part)
+    total = part if total is None else jax.tree.map(jnp.add, total, part)
+    count = count + jnp.sum(taking_part)
+    clipped_count = clipped_count + jnp.sum(taking_part * (norms > dp.clip))
+    norms_sum = norms_sum + jnp.sum(taking_part * norms)
+  leaves, treedef = jax.tree.flatten(total)
+  keys = jax.random.split(k_noise, len(leaves))
+  noised = [x + dp.noise_multiplier * dp.clip * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  mean = jax.tree.unflatten(treedef, [x / dp.expected_clients for x in noised])
+  metrics = {"dp_participants": count, "dp_clipped_fraction": clipped_count / jnp.maximum(count, 1.0),
+             "dp_mean_update_norm": norms_sum / jnp.maximum(count, 1.0)}
+  return mean, metrics
+
+
+def with_dp(algorithm: FederatedAlgorithm, dp: DPConfig) -> FederatedAlgorithm:
+  """``algorithm`` whose server sees only the DP mean of the updates (as one pseudo-client of weight 1)."""
+
+  def server_update(state: ServerState, results: Mapping[str, ClientResults]):
+    for name, result in results.items():
+      extra = sorted(set(result.messages) - {"delta"} - set(dp.unprotected_messages))
+      if extra:
+        raise ValueError(f"DP-FedAvg protects parameter updates only; cohort {name!r} also sends {extra}. "
+                         "List them in config.privacy.unprotected_messages to accept them unprotected.")
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), NOISE_STREAM)
+    mean, metrics = noisy_mean(results, key, dp)
+    private = {DP_COHORT: ClientResults({"delta": jax.tree.map(lambda x: x[None], mean)}, jnp.ones(1),
+                                        jnp.full((1,), -1, jnp.int32))}
+    others = {n: r._replace(messages={k: v for k, v in r.messages.items() if k != "delta"},
+                            weights=r.weights) for n, r in results.items() if set(r.messages) - {"delta"}}
+    new_state, server_metrics = algorithm.server_update(state, {**others, **private})
+    return new_state, {**server_metrics, **metrics, "dp_update_norm": optax.tree.norm(mean["params"])}
+
+  return algorithm._replace(server_update=server_update)
+
+
+# -- accounting (host side) -----------------------------------------------------------------------------------------
+def _dp_accounting():
+  """The optional ``dp-accounting`` package (extra ``dp``), imported only when a run accounts for privacy."""
+  try:
+    import dp_accounting
+  except ImportError as e:
+    raise ImportError("privacy accounting needs dp-accounting: pip install 'fedjax_med[dp]'") from e
+  return dp_accounting
+
+
+def round_event(dp: DPConfig, clients_per_round: int = 0):
+  dp_accounting = _dp_accounting()
+  gaussian = dp_accounting.GaussianDpEvent(dp.noise_multiplier)
+  if dp.sampling == "poisson":
+    return dp_accounting.PoissonSampledDpEvent(dp.rate, gaussian)
+  return dp_accounting.SampledWithoutReplacementDpEvent(dp.num_clients, clients_per_round or dp.num_clients,
+                                                        gaussian)
+
+
+def make_accountant(kind: str, sampling: str):
+  dp_accounting = _dp_accounting()
+  from dp_accounting import pld, rdp
+
+  relation = dp_accounting.NeighboringRelation
+  if kind not in ACCOUNTANTS:
+    raise ValueError(f"config.privacy.accountant={kind!r} is not allowed; allowed: {list(ACCOUNTANTS)}")
+  if kind == "pld" and sampling == "fixed":  # dp-accounting's PLD has no sampling-without-replacement event
+    raise ValueError("config.privacy.accountant='pld' supports sampling='poisson' only; use 'rdp' for fixed-size "
+                     "client sampling")
+  adjacency = relation.ADD_OR_REMOVE_ONE if sampling == "poisson" else relation.REPLACE_ONE
+  return rdp.RdpAccountant(neighboring_relation=adjacency) if kind == "rdp" else pld.PLDAccountant(adjacency)
+
+
+def epsilon(dp: DPConfig, rounds: int, delta: float, kind: str = "rdp", clients_per_round: int = 0) -> float:
+  """ε after ``rounds`` rounds at ``delta`` (inf without noise)."""
+  if rounds == 0:
+    return 0.0
+  if dp.noise_multiplier == 0:
+    return float("inf")
+  accountant = make_accountant(kind, dp.sampling)
+  accountant.compose(round_event(dp, clients_per_round), rounds)
+  return float(accountant.get_epsilon(delta))
+
+
+def calibrate_noise(target_epsilon: float, delta: float, rounds: int, dp: DPConfig, kind: str = "rdp",
+                    clients_per_round: int = 0) -> float:
+  """The smallest noise multiplier whose ε after ``rounds`` rounds at ``delta`` is ``<= target_epsilon``."""
+  dp_accounting = _dp_accounting()
+
+  def event(z: float):
+    return dp_accounting.SelfComposedDpEvent(round_event(dataclasses.replace(dp, noise_multiplier=z),
+                                                         clients_per_round), rounds)
+
+  return float(dp_accounting.calibrate_dp_mechanism(lambda: make_accountant(kind, dp.sampling), event,
+                                                    target_epsilon, delta))
