@@ -9,6 +9,11 @@ same function in every strategy; only its lowering differs:
 * ``unrolled``: the clients unrolled one after another inside one jitted program.
 * ``sequential``: one jitted per-client program called from Python per client,
   then one jitted aggregation.
+* ``sharded``: ``vmap`` with the client axis sharded over a device mesh (every local
+  device of every process, ``jax.sharding.Mesh`` axis ``clients``); a cohort whose
+  participant count is not a multiple of the device count is padded with copies of its
+  first participant whose outputs are dropped before aggregation (they weigh nothing),
+  and the aggregation's sums over clients become cross-device reductions.
 * ``stepwise``: like ``sequential`` but the per-client program is split into a
   jitted begin / single step / end, the step called from Python once per local
   step (data stay on the device and dispatch is asynchronous, so there is no
@@ -35,7 +40,8 @@ import numpy as np
 from fedjax_med.engine import aggregation, sampling
 from fedjax_med.engine.types import Batch, ClientResults, CohortSpec, FederatedAlgorithm, PyTree, ServerState
 
-STRATEGIES = ("vmap", "unrolled", "sequential", "stepwise")
+STRATEGIES = ("vmap", "unrolled", "sequential", "stepwise", "sharded")
+CLIENT_AXIS = "clients"
 WEIGHTINGS = ("num_examples", "uniform")
 
 BatchFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], Batch]
@@ -215,11 +221,24 @@ class RoundRunner:
       fn = self.client_rounds[name]
       if self.strategy == "vmap":
         outputs[name] = jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0))(server_state, states, arrays, counts, steps, ids)
+      elif self.strategy == "sharded":
+        outputs[name] = self._sharded_cohort(fn, server_state, states, (arrays, counts, steps, ids))
       else:
         per_client = [fn(server_state, _take(states, i), _take(arrays, i), counts[i], steps[i], ids[i])
                       for i in range(sel.shape[0])]
         outputs[name] = _stack(per_client)
     return self._finalize_round(server_state, client_states, data, selection, outputs)
+
+  def _sharded_cohort(self, fn, server_state, states, inputs):
+    """``vmap`` of ``fn`` with the client axis padded to a multiple of the devices and sharded over them."""
+    mesh = client_mesh()
+    count = jax.tree.leaves(inputs)[0].shape[0]
+    padded = -(-count // mesh.size) * mesh.size
+    order = jnp.concatenate([jnp.arange(count), jnp.zeros(padded - count, jnp.int32)])  # pads repeat client 0
+    spread = lambda tree: jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x[order], client_sharding(mesh, x.ndim)), tree)
+    out = jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0))(server_state, spread(states), *spread(inputs))
+    return jax.tree.map(lambda x: x[:count], out)
 
   def _one_client_fn(self, name: str):
     fn = self.client_rounds[name]
@@ -274,6 +293,17 @@ class RoundRunner:
     new_server, server_metrics = self.algorithm.server_update(server_state, results)
     new_server = new_server.replace(round=server_state.round + 1)
     return new_server, new_states, RoundReport(ids, finite_flags, report_metrics, server_metrics)
+
+
+def client_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis ``clients``."""
+  return jax.sharding.Mesh(np.array(jax.devices()), (CLIENT_AXIS,))
+
+
+def client_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:
+  """Leading (client) axis split over the mesh, the rest replicated."""
+  spec = jax.sharding.PartitionSpec(CLIENT_AXIS, *([None] * (ndim - 1)))
+  return jax.sharding.NamedSharding(mesh, spec)
 
 
 def _scatter_finite(all_states: PyTree, new_states: PyTree, sel: jax.Array, finite: jax.Array) -> PyTree:
