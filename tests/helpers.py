@@ -28,3 +28,17 @@ def toy_client(seed: int, count: int) -> PreparedDataset:
       "labels": rng.integers(0, 3, count).astype(np.int32),
       "group": np.arange(count).astype(str), "site": np.full(count, "s"), "split": np.full(count, "train"),
   }, {})
+
+
+def run_rounds(config, strategy: str, rounds: int):
+  """Builds ``config``'s experiment and runs ``rounds`` rounds with ``strategy``; returns (server, client states)."""
+  from fedjax_med import experiment, train
+  from fedjax_med.engine import execution
+
+  exp = experiment.build(config)
+  server, states = experiment.initial_state(exp)
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=True,
+                                 weighting=config.aggregation.weighting)
+  for r in range(rounds):
+    server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
+  return server, states

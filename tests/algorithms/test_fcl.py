@@ -10,8 +10,8 @@ import pytest
 
 from fedjax_med import experiment, models, train
 from fedjax_med.algorithms import fcl
-from fedjax_med.engine import execution
 from fedjax_med.engine.types import ClientResults
+from tests.helpers import run_rounds
 
 
 def tiny_fcl_config(mode: str = "fcl"):
@@ -102,12 +102,7 @@ def test_the_wire_carries_the_delta_and_features_only():
 def test_strategies_agree_with_banks_and_exchange():
   results = {}
   for strategy in ("sequential", "stepwise", "vmap"):
-    exp = experiment.build(tiny_fcl_config())
-    server, states = experiment.initial_state(exp)
-    runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=True,
-                                   weighting="num_examples")
-    for r in range(2):
-      server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
+    server, _ = run_rounds(tiny_fcl_config(), strategy, 2)
     results[strategy] = (server.params, server.extra["features"])
   for strategy, (params, pool) in results.items():
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results["sequential"][0])):

@@ -13,6 +13,7 @@ from fedjax_med.algorithms import fedirm
 from fedjax_med.engine import execution
 from fedjax_med.engine.types import ClientResults
 from fedjax_med.models.cnn import SmallCNN
+from tests.helpers import run_rounds
 
 
 def tiny_fedirm_config(mode: str = "fedirm", **algorithm):
@@ -166,13 +167,7 @@ def test_every_mode_trains_two_rounds_to_finite_metrics(mode, tmp_path):
 def test_strategies_agree_with_two_cohorts_and_warmup():
   results = {}
   for strategy in ("sequential", "stepwise", "vmap"):
-    config = tiny_fedirm_config()
-    exp = experiment.build(config)
-    server, states = experiment.initial_state(exp)
-    runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=True,
-                                   weighting="num_examples")
-    for r in range(2):
-      server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
+    server, _ = run_rounds(tiny_fedirm_config(), strategy, 2)
     results[strategy] = (server.params, server.extra["drm"])
   for strategy, (params, drm) in results.items():
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results["sequential"][0])):

@@ -13,24 +13,21 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import jax, jax.numpy as jnp, numpy as np
     from tests.conftest import tiny_config
+    from tests.helpers import run_rounds
     from fedjax_med import experiment, train
     from fedjax_med.engine import execution
 
     assert len(jax.devices()) == 4, jax.devices()
     for n in (6, 8):
-      params = {{}}
-      for strategy in ("sequential", "sharded"):
-        config = tiny_config()
-        config.partition.method, config.partition.num_clients = "iid", n
-        exp = experiment.build(config)
-        server, states = experiment.initial_state(exp)
-        runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=True,
-                                       weighting="num_examples")
-        for r in range(2):
-          server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
-        params[strategy] = server.params
+      config = tiny_config()
+      config.partition.method, config.partition.num_clients = "iid", n
+      params = {{s: run_rounds(config, s, 2)[0].params for s in ("sequential", "sharded")}}
       for a, b in zip(jax.tree.leaves(params["sequential"]), jax.tree.leaves(params["sharded"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      exp = experiment.build(config)
+      server, states = experiment.initial_state(exp)
+      runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sharded", unroll=True,
+                                     weighting="num_examples")
       selection = {{k: jnp.asarray(v, jnp.int32) for k, v in train.selection_for(exp, 0).items()}}
       hlo = runner._round.lower(server, states, exp.data, selection).compile().as_text()
       assert "all-reduce" in hlo  # the client axis really is split over the devices
