@@ -63,7 +63,8 @@ def fedirm_algorithm(warmup_rounds: int, rampup_rounds: float) -> ml_collections
   algo.teacher_sync = "round"  # official: never
   algo.labeled_lr_scale_after_warmup = 1.0  # official: 1.5
   # count: plain FedAvg weights | ramp: x the ramp-up weight | balanced: unlabeled cohort = ramp x labeled
-  # cohort in total (ramp and balanced are ours; fedjax_med.algorithms.fedirm.unlabeled_weights says why)
+  # cohort in total | additive: update = mean labeled + ramp x mean unlabeled (ramp, balanced and additive are
+  # ours; fedjax_med.algorithms.fedirm.unlabeled_weights and additive_deltas say why)
   algo.unlabeled_aggregation = "count"
   algo.fixmatch_threshold = 0.95  # FedFixMatch baseline only
   algo.fixmatch_weight = 1.0

@@ -44,7 +44,7 @@ from fedjax_med.losses import relation
 
 UNLABELED_LOSSES = ("relation", "consistency", "fixmatch", "none")
 TEACHER_SYNCS = ("round", "never")
-UNLABELED_AGGREGATIONS = ("count", "ramp", "balanced")
+UNLABELED_AGGREGATIONS = ("count", "ramp", "balanced", "additive")
 COHORTS = ("labeled", "unlabeled")
 
 
@@ -73,7 +73,7 @@ class Hyper:
   fixmatch_threshold: float = 0.95
   fixmatch_weight: float = 1.0
   persist_optimizer: bool = True  # clients keep their optimizer state across rounds (as the official code)
-  unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp | balanced; see unlabeled_weights
+  unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp | balanced | additive; see server_update
 
   def __post_init__(self):
     for name, value, allowed in (("unlabeled_loss", self.unlabeled_loss, UNLABELED_LOSSES),
@@ -319,7 +319,8 @@ def unlabeled_weights(results: Mapping[str, ClientResults], ramp: jax.Array, mod
   loss scale, so the ramp-up of the loss alone cannot keep early, noisy unlabeled updates small.
   ``balanced``: the counts rescaled so that the unlabeled cohort weighs ``ramp`` times the labeled cohort in
   total; with count weights 8 unlabeled clients hold 80 % of every update although their loss carries no
-  label information, which slows the supervised progress 5-fold. Falls back to ``ramp`` when no labeled
+  label information, which slows the supervised progress 5-fold. ``additive`` has the weights of
+  ``balanced`` (the server then rescales, see ``additive_deltas``). Falls back to ``ramp`` when no labeled
   client has weight this round.
   """
   weights = results["unlabeled"].weights
@@ -328,6 +329,21 @@ def unlabeled_weights(results: Mapping[str, ClientResults], ramp: jax.Array, mod
   labeled_total, unlabeled_total = jnp.sum(results["labeled"].weights), jnp.sum(weights)
   scale = jnp.where(labeled_total > 0, labeled_total / jnp.maximum(unlabeled_total, 1e-8), 1.0)
   return weights * ramp * scale
+
+
+def additive_deltas(results: Mapping[str, ClientResults], ramp: jax.Array) -> Mapping[str, ClientResults]:
+  """Every client's parameter delta times ``1 + ramp``, so that with ``balanced`` weights the averaged update is
+  ``mean_labeled + ramp * mean_unlabeled``: the federated form of the centralised semi-supervised objective
+  ``L_sup + lambda * L_unsup``, whose gradient is the SUM of the two terms' gradients, not their average
+  (averaging halves the supervised step). Batch-norm statistics stay averaged (summing would overshoot)."""
+  scale = 1.0 + ramp
+
+  def scaled(result: ClientResults) -> ClientResults:
+    delta = result.messages["delta"]
+    delta = {**delta, "params": jax.tree.map(lambda x: x * scale.astype(x.dtype), delta["params"])}
+    return result._replace(messages={**result.messages, "delta": delta})
+
+  return {name: scaled(result) for name, result in results.items()}
 
 
 def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx: optax.GradientTransformation,
@@ -344,8 +360,11 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
   def server_update(state: ServerState, results: Mapping[str, ClientResults]):
     if "unlabeled" in results and hp.unlabeled_aggregation != "count":
       ramp = relation.sigmoid_rampup(state.round - hp.ramp_origin, hp.rampup_rounds)
-      weights = unlabeled_weights(results, ramp, hp.unlabeled_aggregation)
+      mode = "balanced" if hp.unlabeled_aggregation == "additive" else hp.unlabeled_aggregation
+      weights = unlabeled_weights(results, ramp, mode)
       results = {**results, "unlabeled": results["unlabeled"]._replace(weights=weights)}
+      if hp.unlabeled_aggregation == "additive" and "labeled" in results:
+        results = additive_deltas(results, ramp)
     new_state, metrics = average(state, results)
     extra = state.extra
     if "labeled" in results:

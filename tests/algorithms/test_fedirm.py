@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fedjax_med import experiment, train
@@ -173,3 +174,22 @@ def test_strategies_agree_with_two_cohorts_and_warmup():
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results["sequential"][0])):
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=strategy)
     np.testing.assert_allclose(drm, results["sequential"][1], rtol=1e-5, atol=1e-6)
+
+
+def test_additive_aggregation_sums_the_cohort_means():
+  hp = fedirm.Hyper(num_classes=2, unlabeled_aggregation="additive", warmup_rounds=0, rampup_rounds=2.0)
+  model = SmallCNN(num_classes=2, widths=(2,), dense=4)
+  algorithm = fedirm.fedirm(model, optax.sgd(0.1), optax.sgd(1.0), hp)
+  variables = {"params": {"w": jnp.zeros(2)}, "batch_stats": {"m": jnp.zeros(1)}}
+  state = algorithm.init(variables, jax.random.PRNGKey(0)).replace(round=jnp.array(1))
+  ramp = float(fedirm.relation.sigmoid_rampup(1, 2.0))
+  delta = lambda w, m: {"params": {"w": jnp.array(w)}, "batch_stats": {"m": jnp.array(m)}}
+  stack = lambda *ds: jax.tree.map(lambda *x: jnp.stack(x), *ds)
+  labeled = ClientResults({"delta": stack(delta([1.0, 0.0], [1.0]), delta([3.0, 0.0], [3.0])),
+                           "drm": jnp.full((2, 2, 2), 0.5), "drm_weight": jnp.ones((2, 2))},
+                          jnp.array([1.0, 1.0]), jnp.arange(2))
+  unlabeled = ClientResults({"delta": stack(delta([0.0, 2.0], [5.0]), delta([0.0, 4.0], [7.0]))},
+                            jnp.array([5.0, 5.0]), jnp.arange(2, 4))
+  new, _ = algorithm.server_update(state, {"labeled": labeled, "unlabeled": unlabeled})
+  np.testing.assert_allclose(new.params["params"]["w"], [2.0, ramp * 3.0], rtol=1e-6)  # mean L + ramp mean U
+  np.testing.assert_allclose(new.params["batch_stats"]["m"], [(2.0 + ramp * 6.0) / (1 + ramp)], rtol=1e-6)
