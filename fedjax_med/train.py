@@ -176,6 +176,9 @@ def save_global_variables(workdir: str, variables) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final summary."""
   # Set up: validate, build, workdir.
+  if jax.process_count() > 1:
+    raise NotImplementedError("train.run writes logs and checkpoints from one process; a multi-process run goes "
+                              "through RoundRunner(strategy='sharded') directly (see fedjax_med.engine.distributed)")
   config_lib.validate(config)
   exp = experiment.build(config)
   if exp.meta.get("synthetic"):

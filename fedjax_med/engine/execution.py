@@ -193,7 +193,8 @@ class RoundRunner:
     self.client_rounds = {name: make_client_round(algorithm.cohorts[name], batch_fns[name], plans[name], unroll)
                           for name in plans}
     self.plans = plans
-    self._round = jax.jit(self._whole_round)
+    # sharded: every output replicated, so each process can read the report and carry the state to the next round
+    self._round = jax.jit(self._whole_round, out_shardings=replicated(client_mesh()) if strategy == "sharded" else None)
     self._one_client = {name: jax.jit(self._one_client_fn(name)) for name in plans}
     self._pieces = {name: self._jitted_pieces(client_pieces(algorithm.cohorts[name], batch_fns[name], plans[name]))
                     for name in plans}
@@ -206,6 +207,8 @@ class RoundRunner:
       outputs = {name: cohort_fn(name, server_state, client_states, data, sel) for name, sel in selection.items()}
       result = self._finalize(server_state, client_states, data, selection, outputs)
     else:
+      if self.strategy == "sharded" and jax.process_count() > 1:
+        server_state, client_states, data, selection = to_global((server_state, client_states, data, selection))
       result = self._round(server_state, client_states, data, selection)
     server_state, client_states, report = result
     return server_state, client_states, jax.device_get(report)
@@ -298,6 +301,23 @@ class RoundRunner:
 def client_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh over every device of every process, axis ``clients``."""
   return jax.sharding.Mesh(np.array(jax.devices()), (CLIENT_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def to_global(tree: PyTree) -> PyTree:
+  """Multi-process: process-local values (the same on every process) as globally replicated arrays; arrays that
+  already span the mesh (the previous round's outputs) pass through."""
+  sharding = replicated(client_mesh())
+
+  def convert(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(convert, tree)
 
 
 def client_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:

@@ -41,3 +41,52 @@ def test_sharded_round_on_four_devices_equals_the_single_device_run():
                         env=env, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split()[-4:] == ["ok", "6", "ok", "8"]
+
+
+PROCESS = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    sys.path.insert(0, {repo!r})
+    from fedjax_med.engine import distributed
+    distributed.initialize({address!r}, 2, int(sys.argv[1]))
+    import jax, numpy as np
+    from tests.conftest import tiny_config
+    from tests.helpers import run_rounds
+    assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+    config = tiny_config()
+    config.partition.method, config.partition.num_clients = "iid", 6
+    server, _ = run_rounds(config, "sharded", 2)
+    np.savez(sys.argv[2], *[np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(server.params)])
+""")
+
+
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_share_the_client_axis_and_equal_one_process(tmp_path):
+  import jax
+  import numpy as np
+
+  from tests.conftest import tiny_config
+  from tests.helpers import run_rounds
+
+  script = PROCESS.format(repo=REPO, address=f"127.0.0.1:{_free_port()}")
+  outs = [str(tmp_path / f"p{i}.npz") for i in range(2)]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(i), outs[i]], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  config = tiny_config()
+  config.partition.method, config.partition.num_clients = "iid", 6
+  server, _ = run_rounds(config, "sequential", 2)
+  for out in outs:
+    got = np.load(out)
+    for i, leaf in enumerate(jax.tree.leaves(server.params)):
+      np.testing.assert_allclose(got[f"arr_{i}"], leaf, rtol=1e-5, atol=1e-6)
