@@ -42,9 +42,9 @@ def gated_crf_loss(probs: jax.Array, images: jax.Array, radius: int = 5, sigma_x
     for dx in range(-radius, radius + 1):
       if dy == 0 and dx == 0:
         continue
-      window = lambda x: x[:, radius + dy:radius + dy + height, radius + dx:radius + dx + width]
-      colour = jnp.sum(jnp.square(images - window(images_p)), axis=-1) / (2 * sigma_rgb**2)
-      kernel = weight * jnp.exp(-colour - (dy * dy + dx * dx) / (2 * sigma_xy**2)) * window(inside)[..., 0]
-      disagreement = 1.0 - jnp.sum(probs * window(probs_p), axis=-1)
+      rows, cols = slice(radius + dy, radius + dy + height), slice(radius + dx, radius + dx + width)
+      colour = jnp.sum(jnp.square(images - images_p[:, rows, cols]), axis=-1) / (2 * sigma_rgb**2)
+      kernel = weight * jnp.exp(-colour - (dy * dy + dx * dx) / (2 * sigma_xy**2)) * inside[:, rows, cols, 0]
+      disagreement = 1.0 - jnp.sum(probs * probs_p[:, rows, cols], axis=-1)
       total = total + jnp.sum(kernel * disagreement)
   return total / (batch * height * width)
