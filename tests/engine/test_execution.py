@@ -111,5 +111,5 @@ def test_non_finite_client_is_left_out_and_reported():
 
 def test_unknown_strategy_is_rejected_with_the_allowed_ones():
   algorithm, data, plans, batch_fns, *_ = _setup()
-  with pytest.raises(ValueError, match="allowed: \\('vmap', 'unrolled', 'sequential', 'stepwise'\\)"):
+  with pytest.raises(ValueError, match="allowed: \\('vmap', 'unrolled', 'sequential', 'stepwise', 'sharded'\\)"):
     execution.RoundRunner(algorithm, batch_fns, plans, strategy="pmap", unroll=True, weighting="uniform")
