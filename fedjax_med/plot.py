@@ -15,6 +15,7 @@ draws one evaluation metric of several runs on one figure.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -132,6 +133,15 @@ def plot_partition_similarity(records: list[dict], path: str) -> str | None:
   return path
 
 
+def class_names(workdir: str) -> list[str] | None:
+  """The dataset's class names recorded in ``results.json`` (None before the run has finished)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("class_names") or None
+
+
 def plot_compare(workdirs: list[str], metric: str, path: str, over_seeds: bool = False) -> str:
   """One evaluation metric against the round for several runs (labels: the workdir names).
 
@@ -198,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
       return 2
   written = [plot_training(records, os.path.join(out, "curves_train.png")),
              plot_evaluation(records, os.path.join(out, "curves_eval.png")),
-             plot_drm(records, os.path.join(out, "drm.png")),
+             plot_drm(records, os.path.join(out, "drm.png"), class_names(args.workdir)),
              plot_partition_similarity(records, os.path.join(out, "partition_similarity.png"))]
   for path in filter(None, written):
     print(path)

@@ -247,7 +247,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     final.close()
   summary = {"workdir": workdir, "rounds": rounds_done, "strategy": strategy, "calibration": timings,
              "train_seconds_this_process": time.perf_counter() - start_time, "eval": last_eval,
-             "num_clients": len(exp.client_datasets), "synthetic_data": bool(exp.meta.get("synthetic"))}
+             "num_clients": len(exp.client_datasets), "synthetic_data": bool(exp.meta.get("synthetic")),
+             "class_names": list(exp.meta.get("class_names", []))}
   if exp.dp is not None:
     summary["privacy"] = {**privacy_record(exp, rounds_done), "stopped_by_budget": bool(privacy_stop)}
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
