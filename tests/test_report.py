@@ -64,3 +64,12 @@ def test_compare_plot_over_seeds_draws_one_mean_line_per_run(tmp_path, monkeypat
   assert os.path.getsize(out) > 0
   (rounds, mean, label), = drawn
   assert rounds == [2, 4] and np.allclose(mean, [0.65, 0.85]) and label == "lower (n=2)"
+
+
+def test_class_names_come_from_results_json(tmp_path):
+  from fedjax_med import plot
+
+  assert plot.class_names(str(tmp_path)) is None  # not finished yet
+  with open(tmp_path / "results.json", "w") as f:
+    json.dump({"class_names": ["nv", "mel"]}, f)
+  assert plot.class_names(str(tmp_path)) == ["nv", "mel"]
