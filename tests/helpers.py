@@ -42,3 +42,14 @@ def run_rounds(config, strategy: str, rounds: int):
   for r in range(rounds):
     server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
   return server, states
+
+
+def short_run(config, rounds: int = 2):
+  """``config`` set to ``rounds`` sequential rounds, evaluated and checkpointed at the end, quiet logs."""
+  config.num_rounds = rounds
+  config.eval.every = rounds
+  config.checkpoint.every = rounds
+  config.execution.strategy = "sequential"
+  config.log.progress = False
+  config.log.tensorboard = False
+  return config

@@ -32,18 +32,25 @@ def build_fedavg(config: ml_collections.ConfigDict, task, variables, model):
   return algorithm, lambda num_clients: ["clients"] * num_clients
 
 
-FEDIRM_KEYS = tuple(f.name for f in dataclasses.fields(fedirm_lib.Hyper) if f.name != "num_classes")
+def hyper_values(algo: ml_collections.ConfigDict, hyper_cls, derived: tuple[str, ...], method: str,
+                 config_file: str) -> dict:
+  """``config.algorithm``'s values for the fields of ``hyper_cls`` except ``derived`` (set by the builder);
+  ValueError naming the missing keys and the config to start from."""
+  keys = [f.name for f in dataclasses.fields(hyper_cls) if f.name not in derived]
+  missing = [k for k in keys if k not in algo]
+  if missing:
+    raise ValueError(f"config.algorithm lacks the {method} keys {missing}; start from {config_file}")
+  return {k: algo[k] for k in keys}
+
+
 
 
 @register("fedirm")
 def build_fedirm(config: ml_collections.ConfigDict, task, variables, model):
   """FedIRM and its baselines: clients in ``partition.labeled_clients`` are ``labeled``, the rest ``unlabeled``."""
   del task, variables
-  algo = config.algorithm
-  missing = [k for k in FEDIRM_KEYS if k not in algo]
-  if missing:
-    raise ValueError(f"config.algorithm lacks the FedIRM keys {missing}; start from configs/fedirm.py")
-  hp = fedirm_lib.Hyper(num_classes=model.num_classes, **{k: algo[k] for k in FEDIRM_KEYS})
+  values = hyper_values(config.algorithm, fedirm_lib.Hyper, ("num_classes",), "FedIRM", "configs/fedirm.py")
+  hp = fedirm_lib.Hyper(num_classes=model.num_classes, **values)
   algorithm = fedirm_lib.fedirm(model, client_optimizer(config.client), server_optimizer(config), hp)
   labeled = set(config.partition.labeled_clients)
 
@@ -55,17 +62,12 @@ def build_fedirm(config: ml_collections.ConfigDict, task, variables, model):
   return algorithm, roles
 
 
-FCL_KEYS = tuple(f.name for f in dataclasses.fields(fcl_lib.Hyper) if f.name not in ("num_clients", "projection_dim"))
-
-
 @register("fcl")
 def build_fcl(config: ml_collections.ConfigDict, task, variables, model):
   """FCL pre-training and its contrastive baselines: every client is in the one cohort ``clients``."""
   del task, variables
-  algo = config.algorithm
-  missing = [k for k in FCL_KEYS if k not in algo]
-  if missing:
-    raise ValueError(f"config.algorithm lacks the FCL keys {missing}; start from configs/fcl_acdc.py")
+  values = hyper_values(config.algorithm, fcl_lib.Hyper, ("num_clients", "projection_dim"), "FCL",
+                        "configs/fcl_acdc.py")
   if config.data.batch_mode != "volume_partitions" or len(config.data.views) != 2:
     raise ValueError("FCL needs config.data.batch_mode='volume_partitions' and two config.data.views; got "
                      f"{config.data.batch_mode!r} and {tuple(config.data.views)}")
@@ -73,6 +75,6 @@ def build_fcl(config: ml_collections.ConfigDict, task, variables, model):
     raise ValueError(f"FCL needs a model with a projection head (model.name='unet_encoder_projector'); got "
                      f"{config.model.name!r}")
   hp = fcl_lib.Hyper(num_clients=config.partition.num_clients, projection_dim=model.projection_dim,
-                     **{k: algo[k] for k in FCL_KEYS})
+                     **values)
   algorithm = fcl_lib.fcl(model, client_optimizer(config.client), server_optimizer(config), hp)
   return algorithm, lambda num_clients: ["clients"] * num_clients

@@ -11,7 +11,7 @@ import pytest
 from fedjax_med import experiment, models, train
 from fedjax_med.algorithms import fcl
 from fedjax_med.engine.types import ClientResults
-from tests.helpers import run_rounds
+from tests.helpers import run_rounds, short_run
 
 
 def tiny_fcl_config(mode: str = "fcl"):
@@ -29,13 +29,7 @@ def tiny_fcl_config(mode: str = "fcl"):
   config.algorithm.exchange_size = 4
   config.client.batch_size = 2
   config.client.local_steps = 2
-  config.num_rounds = 2
-  config.eval.every = 2
-  config.checkpoint.every = 2
-  config.execution.strategy = "sequential"
-  config.log.progress = False
-  config.log.tensorboard = False
-  return config
+  return short_run(config)
 
 
 def test_bank_is_a_fifo_and_most_recent_is_oldest_first():
@@ -131,9 +125,7 @@ def test_finetuning_starts_from_the_pretrained_encoder_with_a_fresh_decoder(tmp_
   fresh = models.init_variables(exp.model, jax.random.split(jax.random.PRNGKey(config.seed))[0], (16, 16, 1))
   np.testing.assert_array_equal(exp.variables["params"]["out"]["kernel"], fresh["params"]["out"]["kernel"])
   assert all(len(c.arrays["group"]) and len(set(c.arrays["group"])) == 2 for c in exp.client_datasets)
-  config.update(num_rounds=1)
-  config.eval.every = config.checkpoint.every = 1
-  config.execution.strategy, config.log.progress, config.log.tensorboard = "sequential", False, False
+  short_run(config, rounds=1)
   summary = train.run(config, str(tmp_path / "ft"))
   assert 0.0 <= summary["eval"]["dice3d"] <= 1.0 and "dice3d_class1" in summary["eval"]
   from fedjax_med import overlays

@@ -14,7 +14,7 @@ from fedjax_med.algorithms import fedirm
 from fedjax_med.engine import execution
 from fedjax_med.engine.types import ClientResults
 from fedjax_med.models.cnn import SmallCNN
-from tests.helpers import run_rounds
+from tests.helpers import run_rounds, short_run
 
 
 def tiny_fedirm_config(mode: str = "fedirm", **algorithm):
@@ -28,12 +28,7 @@ def tiny_fedirm_config(mode: str = "fedirm", **algorithm):
   config.model.kwargs.dense = 8
   config.client.local_steps = 2
   config.client.batch_size = 4
-  config.num_rounds = 2
-  config.eval.every = 2
-  config.checkpoint.every = 2
-  config.execution.strategy = "sequential"
-  config.log.progress = False
-  config.log.tensorboard = False
+  short_run(config)
   config.algorithm.warmup_rounds = 1
   config.algorithm.rampup_rounds = 2.0
   config.algorithm.update(algorithm)
