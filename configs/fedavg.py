@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   # data.name='tfds' (with data.loader='grain'): a TFDS dataset built locally, read with download=False
   config.data.tfds = dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
                           label_key="label", mask_key="", num_classes=0, num_mask_classes=0)
+  config.data.downsample = 1  # integer factor per side (block-mean images, nearest masks); 1 = as prepared
   config.data.channels = ()  # keep these image channels (e.g. (1,) = green); () keeps all
   config.data.loader = "device"  # device (client data on the device) | grain (read per round, for big data)
   # images (whole examples) | patches (random crops) | volume_partitions (one slice per partition of a volume)

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedjax_med import models, tasks
 from fedjax_med.algorithms import get_algorithm
-from fedjax_med.data import partition, tfds_source, volumes
+from fedjax_med.data import partition, resize, tfds_source, volumes
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.data.pipeline import TRAIN_KEYS, cohort_data, make_batch_fn
 from fedjax_med.data.sources import load_dataset
@@ -148,6 +148,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   else:
     dataset = load_dataset(config.data.name, config.data.root, dict(config.data.synthetic))
     dataset = select_channels(dataset, tuple(config.data.channels))
+    dataset = resize.downsample(dataset, config.data.downsample)
     train, eval_dataset, meta = dataset.split("train"), dataset.split(config.data.eval_split), dataset.meta
     image_shape = train.arrays["images"].shape[1:]
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
