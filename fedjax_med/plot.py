@@ -9,7 +9,8 @@ client's at a few rounds) into the workdir (or ``--out``).
 Representation runs (FCL) get ``partition_similarity.png``.
 
 ``python -m fedjax_med.plot --compare DIR [DIR ...] --metric macro_auroc --out FILE.png``
-draws one evaluation metric of several runs on one figure.
+draws one evaluation metric of several runs on one figure; with `--sweep CONFIG_KEY` it draws each run's final
+metric against that config value instead (e.g. Dice against labeled patients per client, mean ± std over seeds).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 import matplotlib
@@ -173,6 +175,65 @@ def plot_compare(workdirs: list[str], metric: str, path: str, over_seeds: bool =
   return path
 
 
+def config_value(workdir: str, dotted_key: str):
+  """A value of the run's recorded config (``config_full.json``), e.g. ``partition.groups_per_client``."""
+  path = os.path.join(workdir, "config_full.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist; is {workdir} a finished run?")
+  with open(path) as f:
+    value = json.load(f)
+  for part in dotted_key.split("."):
+    if not isinstance(value, dict) or part not in value:
+      raise ValueError(f"{path} has no config key {dotted_key!r}")
+    value = value[part]
+  return value
+
+
+def final_metric(workdir: str, metric: str) -> float:
+  """``metric`` of the run's final evaluation (``results.json``)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist; has {workdir} finished?")
+  with open(path) as f:
+    value = json.load(f)["eval"].get(metric)
+  if value is None:
+    raise ValueError(f"{path} has no final evaluation metric {metric!r}")
+  return float(value)
+
+
+def plot_sweep(workdirs: list[str], metric: str, x_key: str, path: str, token: str = r"_n\d+") -> str:
+  """The final ``metric`` against a config value ``x_key`` (e.g. labeled patients per client), one line per method.
+
+  Workdirs are named ``<method><token>_s<seed>`` (e.g. ``ft_fcl_n2_s0``): the method is the name without the seed
+  suffix and without the ``token`` regex; x comes from each run's recorded config, not from its name. Points are
+  the mean over seeds with ± 1 sample-std error bars.
+  """
+  table: dict[str, dict[float, list[float]]] = {}
+  for workdir in workdirs:
+    name = os.path.basename(os.path.normpath(workdir))
+    match = report.SEED_SUFFIX.match(name)
+    method = re.sub(token, "", match["run"] if match else name)
+    x = float(config_value(workdir, x_key))
+    table.setdefault(method, {}).setdefault(x, []).append(final_metric(workdir, metric))
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for method, points in table.items():
+    xs = sorted(points)
+    mean = [np.mean(points[x]) for x in xs]
+    std = [np.std(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in xs]
+    seeds = sorted({len(points[x]) for x in xs})
+    ax.errorbar(xs, mean, yerr=std, marker="o", ms=4, capsize=3, label=f"{method} (seeds {'/'.join(map(str, seeds))})")
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(sorted({x for p in table.values() for x in p}), [f"{x:g}" for x in sorted({x for p in table.values()
+                                                                                             for x in p})])
+  ax.set_xlabel(x_key)
+  ax.set_ylabel(metric)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m fedjax_med.plot", description=__doc__.splitlines()[0])
   parser.add_argument("workdir", nargs="?")
@@ -182,8 +243,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--overlays", type=int, default=0,
                       help="segmentation runs: draw K held-out images with ground truth and prediction")
   parser.add_argument("--over-seeds", action="store_true", help="with --compare: mean ± std over <run>_s<seed> dirs")
+  parser.add_argument("--sweep", default=None, metavar="CONFIG_KEY",
+                      help="with --compare: final --metric against this config value, one line per method "
+                           "(workdirs <method>_n<N>_s<seed>; see --token)")
+  parser.add_argument("--token", default=r"_n\d+", help="with --sweep: regex removed from names to get the method")
   args = parser.parse_args(argv)
   try:
+    if args.compare and args.sweep:
+      print(plot_sweep(args.compare, args.metric, args.sweep, args.out or f"sweep_{args.metric}.png", args.token))
+      return 0
     if args.compare:
       print(plot_compare(args.compare, args.metric, args.out or f"compare_{args.metric}.png", args.over_seeds))
       return 0

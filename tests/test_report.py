@@ -73,3 +73,29 @@ def test_class_names_come_from_results_json(tmp_path):
   with open(tmp_path / "results.json", "w") as f:
     json.dump({"class_names": ["nv", "mel"]}, f)
   assert plot.class_names(str(tmp_path)) == ["nv", "mel"]
+
+
+def test_sweep_plot_takes_x_from_the_config_and_averages_seeds(tmp_path, monkeypatch):
+  from fedjax_med import plot
+
+  dirs = []
+  for method, values in (("ft_fcl", {1: (0.5, 0.7), 4: (0.8, 0.8)}), ("ft_random", {1: (0.2, 0.4), 4: (0.6, 0.8)})):
+    for n, per_seed in values.items():
+      for seed, dice in enumerate(per_seed):
+        workdir = tmp_path / f"{method}_n{n}_s{seed}"
+        workdir.mkdir()
+        (workdir / "results.json").write_text(json.dumps({"eval": {"dice3d": dice}}))
+        (workdir / "config_full.json").write_text(json.dumps({"partition": {"groups_per_client": n}}))
+        dirs.append(str(workdir))
+  drawn = []
+  real = plot.plt.Axes.errorbar
+  monkeypatch.setattr(plot.plt.Axes, "errorbar",
+                      lambda ax, x, y, **kw: drawn.append((x, y, kw)) or real(ax, x, y, **kw))
+  out = plot.plot_sweep(dirs, "dice3d", "partition.groups_per_client", str(tmp_path / "s.png"))
+  assert os.path.getsize(out) > 0
+  (x0, y0, kw0), (x1, y1, kw1) = drawn
+  assert x0 == [1.0, 4.0] and np.allclose(y0, [0.6, 0.8]) and kw0["label"] == "ft_fcl (seeds 2)"
+  assert np.allclose(kw0["yerr"], [np.std([0.5, 0.7], ddof=1), 0.0])
+  assert np.allclose(y1, [0.3, 0.7]) and kw1["label"].startswith("ft_random")
+  with pytest.raises(ValueError, match="no config key 'model.width'"):
+    plot.plot_sweep(dirs, "dice3d", "model.width", str(tmp_path / "t.png"))
