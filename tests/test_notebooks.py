@@ -28,3 +28,7 @@ def test_notebook_runs(name, monkeypatch, tmp_path):
     for mode in ("fedirm", "lower"):
       assert os.path.exists(os.path.join(namespace["runs"][mode], "results.json"))
     assert os.path.getsize(namespace["heatmaps"]) > 5000 and os.path.getsize(namespace["curves"]) > 5000
+  if name == "fcl_quickstart.ipynb":
+    for init in ("fcl", "random"):
+      assert os.path.exists(os.path.join(namespace["runs"][init], "results.json"))
+    assert os.path.getsize(namespace["similarity"]) > 5000 and os.path.getsize(namespace["overlay"]) > 5000
