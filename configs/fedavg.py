@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tfds = dict(name="", data_dir="", train_split="train", eval_split="test", image_key="image",
                           label_key="label", mask_key="", num_classes=0, num_mask_classes=0)
   config.data.downsample = 1  # integer factor per side (block-mean images, nearest masks); 1 = as prepared
+  config.data.weak_forms = ()  # per client: real_scribble|full|scribble|noisy_scribble|point|box|block; () = as is
   config.data.channels = ()  # keep these image channels (e.g. (1,) = green); () keeps all
   config.data.loader = "device"  # device (client data on the device) | grain (read per round, for big data)
   # images (whole examples) | patches (random crops) | volume_partitions (one slice per partition of a volume)
@@ -42,6 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.task.name = "classification"  # classification | segmentation | representation (self-supervised)
   config.task.dice_weight = 1.0  # segmentation: loss = ce_weight * CE + dice_weight * soft Dice
   config.task.ce_weight = 1.0
+  # weak_segmentation: partial CE on data scribbles + crf_weight x gated CRF (Obukhov et al.; FedICRA's values)
+  config.task.crf_weight = 0.0
+  config.task.crf_radius = 5
+  config.task.crf_sigma_xy = 6.0
+  config.task.crf_sigma_rgb = 0.1
 
   config.partition = ml_collections.ConfigDict()
   config.partition.method = "column"  # iid | dirichlet | column (natural split) | pooled (centralised)
@@ -114,6 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.key_metric = "accuracy"  # shown in the progress bar
   config.eval.pad_multiple = 1  # pad H, W to a multiple (U-Nets need 2**(depth-1))
   config.eval.hd95 = False
+  config.eval.per_client = False  # each client's personalised model on its own site's rows (partition by column)
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every = 5  # rounds; also at the end

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedjax_med import models, tasks
 from fedjax_med.algorithms import get_algorithm
-from fedjax_med.data import partition, resize, tfds_source, volumes
+from fedjax_med.data import partition, resize, tfds_source, volumes, weak_labels
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.data.pipeline import TRAIN_KEYS, cohort_data, make_batch_fn
 from fedjax_med.data.sources import load_dataset
@@ -70,8 +70,13 @@ def partition_rows(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed:
   return partition.pooled(len(train))
 
 
-def client_datasets(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed: int) -> list[PreparedDataset]:
-  """The training data of each client, labels hidden (-1) outside the labeled rows."""
+def client_datasets(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed: int,
+                    weak_forms: tuple[str, ...] = (), ignore_index: int = 255) -> list[PreparedDataset]:
+  """The training data of each client, labels hidden (-1) outside the labeled rows.
+
+  ``weak_forms`` (one per client, see ``data/weak_labels.py``) replaces each client's ``scribbles`` by its masks in
+  that annotation form. Every row gets ``client_index`` (its client's position in the partition).
+  """
   client_of_row = partition_rows(train, cfg, seed)
   num_clients = int(client_of_row.max()) + 1
   if cfg.method != "pooled" and num_clients != cfg.num_clients and cfg.method != "column":
@@ -86,16 +91,45 @@ def client_datasets(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed
   if cfg.groups_per_client > 0:  # the few-label regime: N labeled patients per client
     clients = [c.select(partition.first_groups(c.arrays["group"], cfg.groups_per_client, seed + i))
                for i, c in enumerate(clients)]
+  if weak_forms:
+    if len(weak_forms) != len(clients):
+      raise ValueError(f"config.data.weak_forms has {len(weak_forms)} forms for {len(clients)} clients")
+    clients = [weak_labels.with_weak_labels(c, form, ignore_index, seed + i)
+               for i, (c, form) in enumerate(zip(clients, weak_forms))]
+  clients = [c.with_column("client_index", np.full(len(c), i, np.int32)) for i, c in enumerate(clients)]
   if cfg.only_client >= 0:  # "each site alone" baseline: one client with that site's data
     clients = [clients[cfg.only_client]]
   return clients
 
 
-def build_task(config: ml_collections.ConfigDict, model) -> tasks.Task:
+def ignore_index_of(meta: dict) -> int:
+  """The label of unannotated pixels in the dataset's weak labels (255 when the dataset does not say)."""
+  value = meta.get("ignore_index")
+  return 255 if value is None else int(value)
+
+
+def site_rows(exp: Experiment, client: int) -> tuple[str, np.ndarray]:
+  """Client ``client``'s site (its value of the partition column) and the evaluation rows of that site."""
+  column = exp.config.partition.column
+  if exp.config.partition.method != "column" or column not in exp.eval_dataset.arrays:
+    raise ValueError("config.eval.per_client needs config.partition.method='column' (clients = sites) and the "
+                     f"column {column!r} in the evaluation split")
+  site = str(exp.client_datasets[client].arrays[column][0])
+  rows = exp.eval_dataset.arrays[column] == site
+  if not rows.any():
+    raise ValueError(f"config.eval.per_client: the evaluation split has no rows of site {site!r} (client {client})")
+  return site, rows
+
+
+def build_task(config: ml_collections.ConfigDict, model, ignore_index: int = 255) -> tasks.Task:
   if config.task.name == "classification":
     return tasks.classification(model)
   if config.task.name == "representation":
     return tasks.representation(model)
+  if config.task.name == "weak_segmentation":
+    t = config.task
+    return tasks.weak_segmentation(model, ignore_index, t.crf_weight, t.crf_radius, t.crf_sigma_xy, t.crf_sigma_rgb,
+                                   tuple(config.data.mean), tuple(config.data.std))
   return tasks.segmentation(model, dice_weight=config.task.dice_weight, ce_weight=config.task.ce_weight)
 
 
@@ -153,7 +187,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     image_shape = train.arrays["images"].shape[1:]
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
       train = volumes.to_volumes(train, config.data.num_partitions)
-    clients = client_datasets(train, config.partition, config.seed)
+    clients = client_datasets(train, config.partition, config.seed, tuple(config.data.weak_forms),
+                              ignore_index_of(meta))
   if len(eval_dataset) == 0:
     raise ValueError(f"config.data.eval_split={config.data.eval_split!r} has no rows in {config.data.name}")
   num_classes = meta["num_classes"] if config.task.name == "classification" else meta["num_mask_classes"]
@@ -166,7 +201,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   variables = models.init_variables(model, key_model, input_shape)
   if config.model.init_encoder:
     variables = models.load_pretrained_encoder(variables, config.model.init_encoder)
-  task = build_task(config, model)
+  task = build_task(config, model, ignore_index_of(meta))
   algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables, model)
   cohorts: dict[str, list[int]] = {}
   for client_id, role in enumerate(roles(len(clients))):

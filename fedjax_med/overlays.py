@@ -42,7 +42,7 @@ def final_variables(workdir: str):
 
 def plot_overlays(workdir: str, path: str, count: int = 6) -> str:
   config = run_config(workdir)
-  if config.task.name != "segmentation":
+  if config.task.name not in ("segmentation", "weak_segmentation"):
     raise ValueError(f"--overlays needs a segmentation run; {workdir} is {config.task.name!r}")
   exp = experiment.build(config)
   data = exp.eval_dataset

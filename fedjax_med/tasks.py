@@ -17,13 +17,14 @@ import jax.numpy as jnp
 from fedjax_med import losses
 from fedjax_med.engine.types import Batch, PyTree
 
-TASKS = ("classification", "segmentation", "representation")
+TASKS = ("classification", "segmentation", "weak_segmentation", "representation")
 
 
 class Task(NamedTuple):
   name: str
   loss_fn: Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
   predict_fn: Callable[[PyTree, jax.Array], jax.Array]
+  ignore_index: int = -1  # weak_segmentation: the label of unannotated pixels
 
 
 def apply_model(model: nn.Module, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array,
@@ -70,6 +71,30 @@ def segmentation(model: nn.Module, dice_weight: float, ce_weight: float) -> Task
     return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
 
   return Task("segmentation", loss_fn, predict_fn)
+
+
+def weak_segmentation(model: nn.Module, ignore_index: int, crf_weight: float, crf_radius: int, crf_sigma_xy: float,
+                      crf_sigma_rgb: float, mean: tuple[float, ...], std: tuple[float, ...]) -> Task:
+  """Partial cross-entropy on ``batch['scribbles']`` (``ignore_index`` = unannotated) + ``crf_weight`` x the gated
+  CRF loss on the softmax (the weakly-supervised baselines of FedICRA); prediction as :func:`segmentation`."""
+
+  def loss_fn(params, model_state, batch: Batch, rng, train=True):
+    outputs, model_state = apply_model(model, params, model_state, batch["images"], rng, train)
+    logits = outputs["logits"]
+    pce = losses.partial_cross_entropy(logits, batch["scribbles"], ignore_index)
+    metrics = {"pce": pce}
+    loss = pce
+    if crf_weight:
+      image = batch["images"] * jnp.asarray(std) + jnp.asarray(mean)  # back to [0, 1] intensities
+      metrics["crf"] = losses.gated_crf_loss(jax.nn.softmax(logits, axis=-1), image, crf_radius, crf_sigma_xy,
+                                             crf_sigma_rgb)
+      loss = loss + crf_weight * metrics["crf"]
+    return loss, (model_state, {"loss": loss, **metrics})
+
+  def predict_fn(variables, images):
+    return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
+
+  return Task("weak_segmentation", loss_fn, predict_fn, ignore_index)
 
 
 def representation(model: nn.Module) -> Task:

@@ -109,14 +109,32 @@ def _value(x) -> float | list:
   return float(x) if x.ndim == 0 else x.tolist()
 
 
-def evaluate(exp: experiment.Experiment, predict, server_state) -> dict[str, Any]:
-  variables = exp.algorithm.eval_variables(server_state, None)
-  probs = evaluation.predict_all(predict, variables, exp.eval_dataset.arrays["images"], exp.config.eval.batch_size)
+def report_of(exp: experiment.Experiment, predict, variables, dataset) -> dict[str, Any]:
+  """The task's evaluation metrics of ``variables`` on ``dataset``."""
+  probs = evaluation.predict_all(predict, variables, dataset.arrays["images"], exp.config.eval.batch_size)
   if exp.task.name == "classification":
-    return evaluation.classification_report(probs, exp.eval_dataset, exp.meta["num_classes"])
+    return evaluation.classification_report(probs, dataset, exp.meta["num_classes"])
   if exp.task.name == "representation":
-    return evaluation.partition_retrieval_report(probs, exp.eval_dataset, exp.config.data.num_partitions)
-  return evaluation.segmentation_report(probs, exp.eval_dataset, hd95=exp.config.eval.hd95)
+    return evaluation.partition_retrieval_report(probs, dataset, exp.config.data.num_partitions)
+  return evaluation.segmentation_report(probs, dataset, hd95=exp.config.eval.hd95)
+
+
+def evaluate(exp: experiment.Experiment, predict, server_state, client_states=None) -> dict[str, Any]:
+  """The global model on the evaluation split; with ``eval.per_client``, each client's personalised model on its
+  own site's evaluation rows (``<site>/<metric>``) and the mean over sites (``<metric>``)."""
+  if not exp.config.eval.per_client:
+    return report_of(exp, predict, exp.algorithm.eval_variables(server_state, None), exp.eval_dataset)
+  per_site = {}
+  for cohort, ids in exp.cohorts.items():
+    for position, client in enumerate(ids):
+      state = jax.tree.map(lambda x, p=position: x[p], client_states[cohort])
+      site, rows = experiment.site_rows(exp, client)
+      per_site[site] = report_of(exp, predict, exp.algorithm.eval_variables(server_state, state),
+                                 exp.eval_dataset.select(rows))
+  keys = sorted(set.intersection(*(set(r) for r in per_site.values())))
+  report = {k: float(np.nanmean([r[k] for r in per_site.values()])) for k in keys}
+  report.update({f"{site}/{k}": v for site, r in per_site.items() for k, v in r.items()})
+  return report
 
 
 def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
@@ -224,7 +242,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if exp.dp is not None:
         row["privacy"] = privacy_record(exp, done)
       if done % config.eval.every == 0 or done == config.num_rounds:
-        last_eval = row["eval"] = evaluate(exp, predict, server_state)
+        last_eval = row["eval"] = evaluate(exp, predict, server_state, client_states)
       writer.write(row)
       if done % config.checkpoint.every == 0 or done == config.num_rounds:
         checkpointer.save(done, experiment.state_tree(server_state, client_states), record)
@@ -240,7 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # Summary.
   stopped_unsaved = privacy_stop and rounds_done % config.eval.every != 0
   if not last_eval or stopped_unsaved:  # resumed a finished run, or the budget stopped it between evaluations
-    last_eval = evaluate(exp, predict, server_state)
+    last_eval = evaluate(exp, predict, server_state, client_states)
   if privacy_stop and rounds_done % config.checkpoint.every:
     final = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
     final.save(rounds_done, experiment.state_tree(server_state, client_states), record)

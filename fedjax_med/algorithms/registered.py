@@ -8,6 +8,7 @@ import ml_collections
 
 from fedjax_med.algorithms import fcl as fcl_lib
 from fedjax_med.algorithms import fedavg as fedavg_lib
+from fedjax_med.algorithms import fedicra as fedicra_lib
 from fedjax_med.algorithms import fedirm as fedirm_lib
 from fedjax_med.algorithms import register
 from fedjax_med.engine import aggregation
@@ -78,3 +79,28 @@ def build_fcl(config: ml_collections.ConfigDict, task, variables, model):
                      **values)
   algorithm = fcl_lib.fcl(model, client_optimizer(config.client), server_optimizer(config), hp)
   return algorithm, lambda num_clients: ["clients"] * num_clients
+
+
+@register("fedicra")
+def build_fedicra(config: ml_collections.ConfigDict, task, variables, model):
+  """FedICRA: every client (site) is in the one cohort ``clients``; its site index is its partition position."""
+  if task.name != "weak_segmentation":
+    raise ValueError(f"FedICRA needs config.task.name='weak_segmentation'; got {task.name!r}")
+  values = hyper_values(config.algorithm, fedicra_lib.Hyper, ("num_sites", "image_mean", "image_std", "ignore_index"),
+                        "FedICRA", "configs/fedicra_acdc.py")
+  if not hasattr(model, "num_sites"):
+    raise ValueError(f"FedICRA needs model.name='unet_pcs' (site channel selection, aux heads); got "
+                     f"{config.model.name!r}")
+  hp = fedicra_lib.Hyper(num_sites=model.num_sites, image_mean=tuple(config.data.mean),
+                         image_std=tuple(config.data.std), ignore_index=task.ignore_index, **values)
+  if config.client.local_steps != hp.local_steps:
+    raise ValueError(f"config.client.local_steps={config.client.local_steps} must equal algorithm.ala_steps + "
+                     f"head_steps + body_steps = {hp.local_steps}")
+  algorithm = fedicra_lib.fedicra(model, client_optimizer(config.client), server_optimizer(config), variables, hp)
+
+  def roles(num_clients: int) -> list[str]:
+    if num_clients != hp.num_sites:
+      raise ValueError(f"FedICRA: {num_clients} clients but model.kwargs.num_sites={hp.num_sites}")
+    return ["clients"] * num_clients
+
+  return algorithm, roles

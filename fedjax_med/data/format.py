@@ -70,6 +70,12 @@ class PreparedDataset:
     """Returns the rows ``rows`` (indices or a boolean mask) of every array."""
     return PreparedDataset({k: v[rows] for k, v in self.arrays.items()}, self.meta)
 
+  def with_column(self, key: str, values: np.ndarray) -> PreparedDataset:
+    """A copy with ``arrays[key] = values`` (one value per row)."""
+    if len(values) != len(self):
+      raise ValueError(f"column {key!r} has {len(values)} values for {len(self)} rows")
+    return PreparedDataset({**self.arrays, key: values}, self.meta)
+
   def split(self, name: str) -> PreparedDataset:
     return self.select(self.arrays["split"] == name)
 

@@ -19,7 +19,7 @@ from fedjax_med.data.format import PreparedDataset
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.sampling import num_epochs_needed
 
-TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts")
+TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts", "client_index")
 BATCH_MODES = ("images", "patches", "volume_partitions")
 
 
@@ -78,6 +78,8 @@ def _targets(arrays: Mapping[str, jax.Array], idx: jax.Array) -> dict[str, jax.A
     batch["masks"] = arrays["masks"][idx].astype(jnp.int32)
   if "scribbles" in arrays:
     batch["scribbles"] = arrays["scribbles"][idx].astype(jnp.int32)
+  if "client_index" in arrays:  # which client (site) a row belongs to, e.g. for a site embedding
+    batch["client_index"] = arrays["client_index"][idx]
   return batch
 
 

@@ -27,7 +27,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from fedjax_med.data.format import PreparedDataset
+
 FORMS = ("full", "scribble", "noisy_scribble", "point", "box", "block")
+REAL = "real_scribble"  # keep the dataset's own scribbles (ACDC: the expert scribbles of Valvano et al.)
 
 
 def _distance(region: np.ndarray) -> np.ndarray:
@@ -143,3 +146,22 @@ def generate_all(masks: np.ndarray, form: str, ignore: int, seed: int) -> np.nda
   """``generate`` for each of ``masks [N, H, W]``; slice i uses seed ``(seed, i)``."""
   return np.stack([generate(m, form, ignore, int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
                    for i, m in enumerate(masks)])
+
+
+def with_weak_labels(dataset: PreparedDataset, form: str, ignore: int, seed: int) -> PreparedDataset:
+  """``dataset`` whose ``scribbles`` are its masks in ``form`` (or its own scribbles for ``real_scribble``).
+
+  Raises:
+    ValueError: naming the form and what the dataset lacks.
+  """
+  if form == REAL:
+    if not dataset.has("scribbles"):
+      raise ValueError(f"weak-label form {REAL!r} needs a dataset with scribbles; it has {sorted(dataset.arrays)}")
+    return dataset
+  if form not in FORMS:
+    raise ValueError(f"unknown weak-label form {form!r}; allowed: {(REAL, *FORMS)}")
+  if not dataset.has("masks"):
+    raise ValueError(f"weak-label form {form!r} is generated from masks; the dataset has {sorted(dataset.arrays)}")
+  arrays = dict(dataset.arrays)
+  arrays["scribbles"] = generate_all(arrays["masks"], form, ignore, seed).astype(np.uint8)
+  return PreparedDataset(arrays, dataset.meta)

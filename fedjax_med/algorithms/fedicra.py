@@ -1,0 +1,228 @@
+"""FedICRA: personalised weakly-supervised federated segmentation (Lin et al., arXiv 2304.05635).
+
+Every site annotates in its own cheap form (``data.weak_forms``: scribbles, points, boxes, blocks; unannotated
+pixels = ``ignore_index``). The model is :class:`~fedjax_med.models.unet_pcs.UNetPCS` (a U-Net with personalised
+channel selection at the bottleneck, driven by the site's one-hot embedding, and auxiliary heads). One client
+round of ``ala_steps + head_steps + body_steps`` local steps:
+
+1. adaptive aggregation (a FedALA variant, Zhang et al., AAAI 2023): element-wise weights ``W`` in [0, 1] mix the
+   global and the client's previous decoder, ``theta = theta_g + (theta_local - theta_g) * W``; each ALA step moves
+   ``W <- clip(W - ala_lr * dL/dtheta * (theta_local - theta_g), 0, 1)`` on the partial cross-entropy of a local
+   batch. ``W`` persists across rounds (the official code re-initialises it to ones every call, a typo);
+   ALA starts at round ``ala_start_round`` and only once the client holds a decoder of its own;
+2. ``head_steps`` steps training the output layer only, then ``body_steps`` steps training everything else
+   (the official head/body alternation); AdamW re-initialised every round, as the official code;
+3. the loss: partial cross-entropy + ``crf_weight`` x gated CRF + ``tree_weight`` x multiscale tree energy (image
+   tree, then each auxiliary head's tree) + ``lc_weight`` x the site contrastive term
+   ``-mean_{k != own} MSE(gate_own, stopgrad(gate_k))`` over the other sites' channel-selection gates (computed
+   from the same bottleneck features, one encoder pass);
+4. the client sends its whole model delta except its site embedding; the server averages (FedAvg, all parameters
+   and batch statistics, as the official strategy).
+
+A site's personalised model (evaluation): the global model with the decoder mixed by the client's ``W``
+(``theta_g + (theta_local - theta_g) * W``) and the client's site embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med.algorithms.fedavg import averaging_server_update, flat_select, merge
+from fedjax_med.engine import aggregation
+from fedjax_med.engine.types import CohortSpec, FederatedAlgorithm, ServerState
+from fedjax_med.losses import tree_filter, weak
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """FedICRA hyper-parameters (static); defaults and their sources in ``configs/fedicra_acdc.py``."""
+
+  num_sites: int
+  ignore_index: int
+  image_mean: tuple[float, ...]
+  image_std: tuple[float, ...]
+  crf_weight: float = 0.1
+  crf_radius: int = 5
+  crf_sigma_xy: float = 6.0
+  crf_sigma_rgb: float = 0.1
+  tree_weight: float = 0.1
+  tree_low_sigma: float = 0.02
+  tree_high_sigma: float = 1.0
+  lc_weight: float = 1.0
+  lc_gradient: bool = True
+  ala_steps: int = 2
+  head_steps: int = 7
+  body_steps: int = 3
+  ala_lr: float = 1.0
+  ala_start_round: int = 5
+  persist_ala: bool = True
+  adaptive: str = r"^params/(up\d+|dec\d+|out)/"
+  head: str = r"^params/out/"
+
+  def __post_init__(self):
+    if self.num_sites < 2:
+      raise ValueError(f"FedICRA needs at least 2 sites for its site contrastive term; got {self.num_sites}")
+    if min(self.ala_steps, self.head_steps, self.body_steps) < 0 or self.head_steps + self.body_steps == 0:
+      raise ValueError("config.algorithm.ala_steps, head_steps, body_steps must be >= 0 with some training steps")
+
+  @property
+  def local_steps(self) -> int:
+    return self.ala_steps + self.head_steps + self.body_steps
+
+
+def unit_images(images: jax.Array, hp: Hyper) -> jax.Array:
+  """Normalised ``[B, H, W, C]`` back to intensities in [0, 1] (the CRF and image-tree features)."""
+  return images * jnp.asarray(hp.image_std, images.dtype) + jnp.asarray(hp.image_mean, images.dtype)
+
+
+def site_contrast(gate: jax.Array, gates_all: jax.Array, onehot: jax.Array, gradient: bool) -> jax.Array:
+  """``-1/(K-1) sum_{k != own} mean_{B,F} (gate - stopgrad(gate_k))^2``; gate ``[B, F]``, gates_all ``[B, K, F]``."""
+  others = jax.lax.stop_gradient(gates_all)
+  per_site = jnp.mean(jnp.square(gate[:, None, :] - others), axis=(0, 2))  # [K]
+  value = -jnp.sum(per_site * (1.0 - onehot)) / (onehot.shape[0] - 1)
+  return value if gradient else jax.lax.stop_gradient(value)
+
+
+def weak_losses(outputs: dict, batch: dict, onehot: jax.Array, hp: Hyper) -> tuple[jax.Array, dict]:
+  """The total local loss and its parts for one batch (model outputs of :class:`UNetPCS`)."""
+  logits, labels = outputs["logits"], batch["scribbles"]
+  probs = jax.nn.softmax(logits, axis=-1)
+  pce = weak.partial_cross_entropy(logits, labels, hp.ignore_index)
+  image = unit_images(batch["images"], hp)
+  parts = {"pce": pce}
+  total = pce
+  if hp.crf_weight:
+    parts["crf"] = weak.gated_crf_loss(probs, image, hp.crf_radius, hp.crf_sigma_xy, hp.crf_sigma_rgb)
+    total = total + hp.crf_weight * parts["crf"]
+  if hp.tree_weight:
+    filtered = tree_filter.multiscale_tree_filter(probs, image, outputs["aux"], hp.tree_low_sigma, hp.tree_high_sigma)
+    unannotated = (labels == hp.ignore_index).astype(probs.dtype)
+    parts["tree"] = tree_filter.tree_energy_loss(probs, filtered, unannotated)
+    total = total + hp.tree_weight * parts["tree"]
+  if hp.lc_weight:
+    parts["lc"] = site_contrast(outputs["gate"], outputs["gates_all"], onehot, hp.lc_gradient)
+    total = total + hp.lc_weight * parts["lc"]
+  return total, {"loss": total, **parts}
+
+
+def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx: optax.GradientTransformation,
+            variables: dict, hp: Hyper) -> FederatedAlgorithm:
+  """FedICRA over one cohort ``clients``; batches need ``images``, ``scribbles`` and ``client_index``."""
+  adaptive_mask = aggregation.path_mask(variables, hp.adaptive)
+  head_mask = aggregation.path_mask({"params": variables["params"]}, hp.head)["params"]
+  if not any(jax.tree.leaves(adaptive_mask)) or not any(jax.tree.leaves(head_mask)):
+    raise ValueError(f"config.algorithm.adaptive={hp.adaptive!r} or head={hp.head!r} matches no model variable")
+
+  def mix(global_flat: dict, local_flat: dict, weights: dict) -> dict:
+    return {k: global_flat[k] + (local_flat[k] - global_flat[k]) * weights[k] for k in global_flat}
+
+  def with_site(variables, onehot):
+    return {**variables, "site": {"onehot": onehot}}
+
+  def client_init(variables, rng):
+    del rng
+    local = flat_select(variables, adaptive_mask)
+    return {"local": local, "ala": jax.tree.map(jnp.ones_like, local), "site": jnp.zeros((hp.num_sites,)),
+            "trained": jnp.zeros(())}
+
+  def start(server_state: ServerState, client_state, rng):
+    del rng
+    active = (server_state.round >= hp.ala_start_round) & (client_state["trained"] > 0)
+    ala = client_state["ala"] if hp.persist_ala else jax.tree.map(jnp.ones_like, client_state["ala"])
+    return {"variables": server_state.params, "global": flat_select(server_state.params, adaptive_mask),
+            "old_local": client_state["local"], "ala": ala, "active": active, "t": jnp.zeros((), jnp.int32),
+            "site": client_state["site"],
+            "opt_state": client_tx.init(server_state.params["params"])}
+
+  def ala_step(local, batch, onehot, rng):
+    del rng
+
+    def pce_of(adaptive):
+      variables = with_site(merge(local["variables"], adaptive), onehot)
+      logits = model.apply(variables, batch["images"], train=False)["logits"]
+      return weak.partial_cross_entropy(logits, batch["scribbles"], hp.ignore_index)
+
+    current = mix(local["global"], local["old_local"], local["ala"])
+    loss, grads = jax.value_and_grad(pce_of)(current)
+    moved = {k: jnp.clip(local["ala"][k] - hp.ala_lr * grads[k] * (local["old_local"][k] - local["global"][k]),
+                         0.0, 1.0) for k in grads}
+    ala = jax.tree.map(lambda new, old: jnp.where(local["active"], new, old), moved, local["ala"])
+    adaptive = jax.tree.map(lambda m, g: jnp.where(local["active"], m, g),
+                            mix(local["global"], local["old_local"], ala), local["global"])
+    return {**local, "ala": ala, "variables": merge(local["variables"], adaptive)}, loss
+
+  def train_step(local, batch, onehot, rng):
+    variables = local["variables"]
+    params, state = variables["params"], {k: v for k, v in variables.items() if k not in ("params", "site")}
+
+    def objective(params):
+      outputs, new_state = model.apply(with_site({"params": params, **state}, onehot), batch["images"], train=True,
+                                       rngs={"dropout": rng}, mutable=list(state))
+      loss, metrics = weak_losses(outputs, batch, onehot, hp)
+      return loss, (dict(new_state), metrics)
+
+    grads, (new_state, metrics) = jax.grad(objective, has_aux=True)(params)
+    head_phase = local["t"] < hp.ala_steps + hp.head_steps
+    trained = jax.tree.map(lambda is_head: head_phase == is_head, head_mask)  # head phase: head; body: the rest
+    # frozen leaves: zero gradient and parameters kept (their Adam moments decay, unlike torch's skipped params)
+    grads = jax.tree.map(lambda on, g: jnp.where(on, g, 0.0), trained, grads)
+    updates, opt_state = client_tx.update(grads, local["opt_state"], params)
+    stepped = optax.apply_updates(params, updates)
+    params = jax.tree.map(lambda on, new, old: jnp.where(on, new, old), trained, stepped, params)
+    variables = {**variables, "params": params, **new_state}  # the site collection stays the global zeros
+    return {**local, "variables": variables, "opt_state": opt_state}, metrics
+
+  train_keys = ("loss", "pce") + (("crf",) if hp.crf_weight else ()) + (("tree",) if hp.tree_weight else ()) + (
+      ("lc",) if hp.lc_weight else ())
+  # the engine averages step metrics over all local steps: scale each phase's metrics so that the average is
+  # the mean over that phase's steps (the phases have static lengths)
+  train_scale = hp.local_steps / (hp.head_steps + hp.body_steps)
+  ala_scale = hp.local_steps / hp.ala_steps if hp.ala_steps else 0.0
+
+  def step(local, batch, rng):
+    onehot = jax.nn.one_hot(batch["client_index"][0], hp.num_sites)
+    local = {**local, "site": onehot}
+
+    def run_ala(local):
+      new, pce = ala_step(local, batch, onehot, rng)
+      return new, {"ala_pce": pce * ala_scale, **{k: jnp.zeros(()) for k in train_keys}}
+
+    def run_train(local):
+      new, metrics = train_step(local, batch, onehot, rng)
+      return new, {"ala_pce": jnp.zeros(()), **{k: metrics[k] * train_scale for k in train_keys}}
+
+    if not hp.ala_steps:
+      new, metrics = run_train(local)
+    else:
+      new, metrics = jax.lax.cond(local["t"] < hp.ala_steps, run_ala, run_train, local)
+    return {**new, "t": local["t"] + 1}, metrics
+
+  def finish(server_state: ServerState, client_state, local):
+    variables = local["variables"]
+    delta = jax.tree.map(jnp.subtract, variables, server_state.params)
+    new_state = {"local": flat_select(variables, adaptive_mask), "ala": local["ala"],
+                 "site": local["site"], "trained": jnp.ones(())}
+    metrics = {"ala_weight": jnp.mean(jnp.concatenate([w.ravel() for w in jax.tree.leaves(local["ala"])]))}
+    return new_state, {"delta": delta}, metrics
+
+  def init(variables, rng) -> ServerState:
+    return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),
+                       round=jnp.zeros((), jnp.int32), rng=rng, extra={})
+
+  def eval_variables(server_state: ServerState, client_state):
+    if client_state is None:
+      return server_state.params
+    global_flat = flat_select(server_state.params, adaptive_mask)
+    personal = mix(global_flat, client_state["local"], client_state["ala"])
+    trained = client_state["trained"] > 0
+    personal = jax.tree.map(lambda p, g: jnp.where(trained, p, g), personal, global_flat)
+    return with_site(merge(server_state.params, personal), client_state["site"])
+
+  return FederatedAlgorithm(init, {"clients": CohortSpec(client_init, start, step, finish)},
+                            averaging_server_update(server_tx), eval_variables)
+
