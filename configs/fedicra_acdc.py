@@ -125,6 +125,7 @@ def get_config(arg: str = "fedicra") -> ml_collections.ConfigDict:
   config.eval.batch_size = 64
   config.eval.key_metric = "dice3d"
   config.eval.per_client = True
+  config.eval.hd95 = True  # per slice, in pixels of the (downsampled) grid, as the official evaluation
   config.eval.pad_multiple = 16
   config.checkpoint.every = 25
   if scale == "table":  # sized so that every run of the table fits ~2 h of a 2-core CPU

@@ -71,9 +71,13 @@ def segmentation_report(probs: np.ndarray, dataset: PreparedDataset, hd95: bool 
     per_class = np.nanmean(per_volume, axis=0)
     report.update({f"dice3d_class{c + 1}": float(v) for c, v in enumerate(per_class)})
     report["dice3d"] = float(np.nanmean(per_class))
-  if hd95:
+  if hd95:  # per image (2-D, pixels), as FedICRA's evaluation; a class absent from both masks counts 0
     distances = metrics.hd95_per_class(pred, masks, num_classes)
     report["hd95"] = float(np.nanmean(distances)) if np.isfinite(distances).any() else float("nan")
+    if num_classes > 2:
+      for c in range(num_classes - 1):
+        column = distances[:, c]
+        report[f"hd95_class{c + 1}"] = float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
   return report
 
 
