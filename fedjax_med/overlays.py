@@ -3,6 +3,9 @@
 Rebuilds the run's model and evaluation split from ``WORKDIR/config.json``, loads the final global model
 (``global_variables.msgpack``) and draws, for the K evaluation images with the most ground-truth foreground,
 the image, the ground truth and the prediction (classes coloured over the image).
+
+Per-site runs (FedICRA and its baselines): ``--site-overlays K`` draws K test slices of each site with the
+site's own personalised prediction; :func:`plot_weak_labels` draws what each site annotated.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 
 import flax.serialization
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -64,6 +68,93 @@ def plot_overlays(workdir: str, path: str, count: int = 6) -> str:
         ax.imshow(np.ma.masked_equal(labels, 0), cmap="tab10", vmin=0, vmax=max(num_classes, 10) - 1, alpha=0.5)
       ax.set_title(f"{title} ({data.arrays['group'][index]})", fontsize=7)
       ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def final_states(exp: experiment.Experiment, workdir: str):
+  """The run's last checkpointed server and client states (personalised models need the client states)."""
+  from fedjax_med.checkpoint import Checkpointer
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    last = checkpointer.latest_round()
+    if last is None:
+      raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: has the run finished a round?")
+    server, clients = experiment.initial_state(exp)
+    state, _ = checkpointer.restore(last, experiment.state_tree(server, clients))
+  finally:
+    checkpointer.close()
+  return state["server"], state["clients"]
+
+
+def _show(ax, image: np.ndarray, labels: np.ndarray | None, num_classes: int, title: str, hide: int = 0) -> None:
+  ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+  if labels is not None:
+    ax.imshow(np.ma.masked_where((labels == hide) | (labels >= num_classes), labels), cmap="tab10", vmin=0,
+              vmax=max(num_classes, 10) - 1, alpha=0.55, interpolation="nearest")
+  ax.set_title(title, fontsize=7)
+  ax.axis("off")
+
+
+def _most_foreground(masks: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
+  candidates = np.flatnonzero(rows)
+  order = np.argsort(-(masks[candidates] > 0).reshape(len(candidates), -1).sum(1), kind="stable")
+  return candidates[order[:count]]
+
+
+def plot_site_predictions(workdir: str, path: str, count: int = 2) -> str:
+  """For each site of a per-site run (``eval.per_client``): ``count`` of its test slices with the most foreground,
+  the ground truth and the site's personalised prediction (FedICRA: ALA decoder + site embedding)."""
+  config = run_config(workdir)
+  if not config.eval.per_client:
+    raise ValueError(f"--site-overlays needs a run with config.eval.per_client=True; {workdir} has False")
+  exp = experiment.build(config)
+  server, clients = final_states(exp, workdir)
+  predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
+                                    config.eval.pad_multiple)
+  data = exp.eval_dataset
+  images, masks = data.arrays["images"], data.arrays["masks"]
+  num_classes = exp.meta["num_mask_classes"]
+  rows_out = []
+  for cohort, ids in exp.cohorts.items():
+    for position, client in enumerate(ids):
+      site, rows = experiment.site_rows(exp, client)
+      chosen = _most_foreground(masks, rows, count)
+      variables = exp.algorithm.eval_variables(server, jax.tree.map(lambda x, p=position: x[p], clients[cohort]))
+      probs = evaluation.predict_all(predict, variables, images[chosen], len(chosen))
+      rows_out += [(site, i, p.argmax(-1)) for i, p in zip(chosen, probs)]
+  fig, axes = plt.subplots(len(rows_out), 2, figsize=(4.4, 2.2 * len(rows_out)), squeeze=False)
+  for (site, index, pred), (ax_gt, ax_pred) in zip(rows_out, axes):
+    _show(ax_gt, images[index], masks[index], num_classes, f"{site}: ground truth")
+    _show(ax_pred, images[index], pred, num_classes, f"{site}: its model's prediction")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_weak_labels(config: ml_collections.ConfigDict, path: str, count: int = 2) -> str:
+  """Each client's training annotations over its images (``count`` slices with the most foreground per client):
+  the weak label the client trains on beside the full mask it was made from. Unannotated pixels are clear."""
+  exp = experiment.build(config)
+  forms = tuple(config.data.weak_forms) or ("as in the data",) * len(exp.client_datasets)
+  ignore = experiment.ignore_index_of(exp.meta)
+  num_classes = exp.meta["num_mask_classes"]
+  panels = []
+  for client, (data, form) in enumerate(zip(exp.client_datasets, forms)):
+    site = str(data.arrays[config.partition.column][0]) if config.partition.column in data.arrays else str(client)
+    for index in _most_foreground(data.arrays["masks"], np.ones(len(data), bool), count):
+      panels.append((site, form, data.arrays["images"][index], data.arrays["scribbles"][index],
+                     data.arrays["masks"][index]))
+  fig, axes = plt.subplots(len(panels), 2, figsize=(4.4, 2.2 * len(panels)), squeeze=False)
+  for (site, form, image, weak, full), (ax_weak, ax_full) in zip(panels, axes):
+    annotated = float(np.mean(weak != ignore))
+    _show(ax_weak, image, np.where(weak == ignore, num_classes, weak), num_classes,
+          f"{site}: {form} ({100 * annotated:.1f}% of pixels)", hide=-1)
+    _show(ax_full, image, full, num_classes, f"{site}: full mask")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

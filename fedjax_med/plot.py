@@ -5,7 +5,9 @@ Writes ``curves_train.png`` (mean and per-client training loss per round),
 log relation matrices (FedIRM), ``drm.png`` (the server's matrix beside one unlabeled
 client's at a few rounds) into the workdir (or ``--out``).
 
-``--overlays K`` (segmentation runs) adds ``overlays.png``: K held-out images with ground truth and prediction.
+``--overlays K`` (segmentation runs) adds ``overlays.png``: K held-out images with ground truth and prediction;
+``--site-overlays K`` (per-site runs) ``site_predictions.png``: K test images of each site with its personalised
+prediction; ``--weak-labels K`` ``weak_labels.png``: K training images of each site with the weak labels it has.
 Representation runs (FCL) get ``partition_similarity.png``.
 
 ``python -m fedjax_med.plot --compare DIR [DIR ...] --metric macro_auroc --out FILE.png``
@@ -242,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--metric", default="macro_auroc")
   parser.add_argument("--overlays", type=int, default=0,
                       help="segmentation runs: draw K held-out images with ground truth and prediction")
+  parser.add_argument("--site-overlays", type=int, default=0,
+                      help="per-site runs: K test images of each site with its personalised prediction")
+  parser.add_argument("--weak-labels", type=int, default=0,
+                      help="weakly-supervised runs: K training images of each site with its weak labels")
   parser.add_argument("--over-seeds", action="store_true", help="with --compare: mean ± std over <run>_s<seed> dirs")
   parser.add_argument("--sweep", default=None, metavar="CONFIG_KEY",
                       help="with --compare: final --metric against this config value, one line per method "
@@ -266,11 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   out = args.out or args.workdir
   os.makedirs(out, exist_ok=True)
-  if args.overlays:
+  if args.overlays or args.site_overlays or args.weak_labels:
     from fedjax_med import overlays  # builds the experiment: imports jax and the data pipeline
 
     try:
-      print(overlays.plot_overlays(args.workdir, os.path.join(out, "overlays.png"), args.overlays))
+      if args.overlays:
+        print(overlays.plot_overlays(args.workdir, os.path.join(out, "overlays.png"), args.overlays))
+      if args.site_overlays:
+        print(overlays.plot_site_predictions(args.workdir, os.path.join(out, "site_predictions.png"),
+                                             args.site_overlays))
+      if args.weak_labels:
+        print(overlays.plot_weak_labels(overlays.run_config(args.workdir), os.path.join(out, "weak_labels.png"),
+                                        args.weak_labels))
     except (FileNotFoundError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

@@ -87,6 +87,12 @@ def test_modes_run_and_report_per_site(mode, tmp_path):
   np.testing.assert_allclose(summary["eval"]["dice3d"], np.nanmean(per_site))
   rows = [json.loads(line) for line in open(tmp_path / mode / "metrics.jsonl")]
   assert all(np.isfinite(r["train"]["loss"]) for r in rows)
+  if mode == "fedicra":
+    from fedjax_med import plot
+
+    assert plot.main([str(tmp_path / mode), "--site-overlays", "1", "--weak-labels", "1"]) == 0
+    assert (tmp_path / mode / "site_predictions.png").stat().st_size > 5000
+    assert (tmp_path / mode / "weak_labels.png").stat().st_size > 5000
 
 
 def test_strategies_agree_the_site_stays_local_and_ala_weights_persist():
