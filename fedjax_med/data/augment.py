@@ -143,6 +143,39 @@ def spatial_view(key: jax.Array, images: jax.Array) -> jax.Array:
                                       scale=SPATIAL_SCALE))
 
 
+def warp_labels(labels: jax.Array, matrices: jax.Array) -> jax.Array:
+  """Nearest-neighbour resampling of int ``labels [B, H, W]`` by the same maps as :func:`warp` (edges repeated)."""
+  _, height, width = labels.shape
+  ys, xs = jnp.meshgrid(jnp.linspace(-1, 1, height), jnp.linspace(-1, 1, width), indexing="ij")
+  grid = jnp.stack([ys.ravel(), xs.ravel(), jnp.ones(height * width)], 0)
+
+  def one(label, matrix):
+    src = matrix @ grid
+    rows = jnp.clip(jnp.round((src[0] + 1) * (height - 1) / 2), 0, height - 1).astype(jnp.int32)
+    cols = jnp.clip(jnp.round((src[1] + 1) * (width - 1) / 2), 0, width - 1).astype(jnp.int32)
+    return label[rows, cols].reshape(label.shape)
+
+  return jax.vmap(one)(labels, matrices)
+
+
+def weak_view_with_labels(key: jax.Array, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`weak_view` of ``images`` and the same geometry applied to ``labels [B, H, W]`` (nearest)."""
+  matrices = affine_matrices(key, images.shape[0], WEAK_DEGREES, WEAK_TRANSLATE)
+  return warp(images, matrices), warp_labels(labels, matrices)
+
+
+def photometric_view(key: jax.Array, images: jax.Array, num_ops: int = STRONG_OPS) -> jax.Array:
+  """``num_ops`` random photometric ops of the strong pool, no geometry: pixels stay aligned with the input (for
+  consistency terms on dense predictions)."""
+  batch = images.shape[0]
+  for k_choice, k_magnitude in zip(*[iter(jax.random.split(key, 2 * num_ops))] * 2):
+    magnitude = jax.random.uniform(k_magnitude, (batch,))
+    pool = jnp.stack(photometric_pool(images, magnitude))
+    choice = jax.random.randint(k_choice, (batch,), 0, pool.shape[0])
+    images = jnp.take_along_axis(pool, choice[None, :, None, None, None], axis=0)[0]
+  return images
+
+
 def cutout(key: jax.Array, images: jax.Array, fraction: float) -> jax.Array:
   """Greys out one random square of side up to ``fraction`` of the image per example."""
   batch, height, width, _ = images.shape

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from fedjax_med.models import unet
 from fedjax_med.models.cnn import SmallCNN
 from fedjax_med.models.densenet import DenseNet, densenet121, densenet_narrow
+from fedjax_med.models.multimix import MultiMixNet
 from fedjax_med.models.unet import UNet, UNetEncoderProjector
 from fedjax_med.models.unet_pcs import UNetPCS
 from fedjax_med.registry import Registry
@@ -25,6 +26,7 @@ from fedjax_med.registry import Registry
 MODELS = Registry("model")  # name -> (builder, the flax module class whose fields it accepts)
 MODELS.add("unet", (UNet, UNet))
 MODELS.add("unet_pcs", (UNetPCS, UNetPCS))
+MODELS.add("multimix", (MultiMixNet, MultiMixNet))
 MODELS.add("unet_encoder_projector", (UNetEncoderProjector, UNetEncoderProjector))
 MODELS.add("densenet121", (densenet121, DenseNet))
 MODELS.add("densenet_narrow", (densenet_narrow, DenseNet))

@@ -66,3 +66,33 @@ def test_batch_fn_with_views_returns_independent_normalised_views():
   np.testing.assert_array_equal(batch["labels"], [0, 2, 4])
   assert float(jnp.max(jnp.abs(batch["images"] - batch["images_2"]))) > 0.1
   assert -2.0 - 1e-5 <= float(batch["images"].min()) and float(batch["images"].max()) <= 2.0 + 1e-5
+
+
+def test_weak_view_with_labels_is_deterministic_and_keeps_masks_aligned():
+  rng = np.random.default_rng(5)
+  labels = np.zeros((3, 16, 16), np.int32)
+  for b in range(3):
+    r, c = rng.integers(3, 9, 2)
+    labels[b, r:r + 5, c:c + 4] = 1 + b % 2
+  images = (labels[..., None] > 0).astype(np.float32)  # the image is the mask: alignment is visible
+  key = jax.random.PRNGKey(3)
+  img_a, lab_a = augment.weak_view_with_labels(key, jnp.asarray(images), jnp.asarray(labels))
+  img_b, lab_b = augment.weak_view_with_labels(key, jnp.asarray(images), jnp.asarray(labels))
+  np.testing.assert_array_equal(img_a, img_b)
+  np.testing.assert_array_equal(lab_a, lab_b)
+  assert lab_a.dtype == jnp.int32 and set(np.unique(lab_a)) <= {0, 1, 2}
+  # where the warped image is clearly object / background, the warped label agrees
+  inside, outside = np.asarray(img_a[..., 0]) > 0.9, np.asarray(img_a[..., 0]) < 0.1
+  assert (np.asarray(lab_a)[inside] > 0).mean() > 0.97 and (np.asarray(lab_a)[outside] == 0).mean() > 0.97
+  other, _ = augment.weak_view_with_labels(jax.random.PRNGKey(4), jnp.asarray(images), jnp.asarray(labels))
+  assert bool(jnp.any(other != img_a))
+
+
+def test_photometric_view_moves_no_pixel():
+  images = jnp.asarray(np.random.default_rng(6).uniform(size=(4, 8, 8, 1)), jnp.float32)
+  key = jax.random.PRNGKey(0)
+  out = augment.photometric_view(key, images)
+  np.testing.assert_array_equal(out, augment.photometric_view(key, images))
+  # no geometry: the view commutes with a flip of the input (same key, same ops and magnitudes)
+  np.testing.assert_allclose(augment.photometric_view(key, images[:, :, ::-1]), out[:, :, ::-1], atol=1e-6)
+  np.testing.assert_allclose(augment.photometric_view(key, images[:, ::-1]), out[:, ::-1], atol=1e-6)
