@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
                           label_key="label", mask_key="", num_classes=0, num_mask_classes=0)
   config.data.downsample = 1  # integer factor per side (block-mean images, nearest masks); 1 = as prepared
   config.data.weak_forms = ()  # per client: real_scribble|full|scribble|noisy_scribble|point|box|block; () = as is
+  config.data.class_budget = -1  # batch_mode='multitask': training images keeping their class label (-1 = all)
+  config.data.mask_budget = -1  # ... and keeping their mask
   config.data.channels = ()  # keep these image channels (e.g. (1,) = green); () keeps all
   config.data.loader = "device"  # device (client data on the device) | grain (read per round, for big data)
   # images (whole examples) | patches (random crops) | volume_partitions (one slice per partition of a volume)
@@ -44,6 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.task.dice_weight = 1.0  # segmentation: loss = ce_weight * CE + dice_weight * soft Dice
   config.task.ce_weight = 1.0
   # weak_segmentation: partial CE on data scribbles + crf_weight x gated CRF (Obukhov et al.; FedICRA's values)
+  # multitask (MultiMix): cls_weight CE + dice_weight Dice + ssl_weight FixMatch + consistency_weight seg KL
+  config.task.cls_weight = 1.0
+  config.task.ssl_weight = 0.25
+  config.task.consistency_weight = 0.01
+  config.task.threshold = 0.7
   config.task.crf_weight = 0.0
   config.task.crf_radius = 5
   config.task.crf_sigma_xy = 6.0

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedjax_med import models, tasks
 from fedjax_med.algorithms import get_algorithm
-from fedjax_med.data import partition, resize, tfds_source, volumes, weak_labels
+from fedjax_med.data import budgets, partition, resize, tfds_source, volumes, weak_labels
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.data.pipeline import TRAIN_KEYS, cohort_data, make_batch_fn
 from fedjax_med.data.sources import load_dataset
@@ -126,6 +126,10 @@ def build_task(config: ml_collections.ConfigDict, model, ignore_index: int = 255
     return tasks.classification(model)
   if config.task.name == "representation":
     return tasks.representation(model)
+  if config.task.name == "multitask":
+    t = config.task
+    return tasks.multitask(model, cls_weight=t.cls_weight, dice_weight=t.dice_weight, ssl_weight=t.ssl_weight,
+                           consistency_weight=t.consistency_weight, threshold=t.threshold)
   if config.task.name == "weak_segmentation":
     t = config.task
     return tasks.weak_segmentation(model, ignore_index, t.crf_weight, t.crf_radius, t.crf_sigma_xy, t.crf_sigma_rgb,
@@ -187,12 +191,18 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     image_shape = train.arrays["images"].shape[1:]
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
       train = volumes.to_volumes(train, config.data.num_partitions)
+    if config.data.batch_mode == "multitask":  # label budgets drawn once, before the clients are formed
+      train = budgets.apply_budgets(train, config.data.class_budget, config.data.mask_budget, config.seed)
     clients = client_datasets(train, config.partition, config.seed, tuple(config.data.weak_forms),
                               ignore_index_of(meta))
   if len(eval_dataset) == 0:
     raise ValueError(f"config.data.eval_split={config.data.eval_split!r} has no rows in {config.data.name}")
-  num_classes = meta["num_classes"] if config.task.name == "classification" else meta["num_mask_classes"]
-  model = models.get_model(config.model.name, num_classes, **dict(config.model.kwargs))
+  num_classes = meta["num_classes"] if config.task.name in ("classification", "multitask") \
+      else meta["num_mask_classes"]
+  model_kwargs = dict(config.model.kwargs)
+  if config.task.name == "multitask":
+    model_kwargs.setdefault("num_mask_classes", meta["num_mask_classes"])
+  model = models.get_model(config.model.name, num_classes, **model_kwargs)
   if config.data.batch_mode == "patches":
     input_shape = (config.data.patch_size, config.data.patch_size, image_shape[-1])
   else:

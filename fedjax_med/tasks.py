@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from fedjax_med import losses
 from fedjax_med.engine.types import Batch, PyTree
 
-TASKS = ("classification", "segmentation", "weak_segmentation", "representation")
+TASKS = ("classification", "segmentation", "weak_segmentation", "representation", "multitask")
 
 
 class Task(NamedTuple):
@@ -25,6 +25,7 @@ class Task(NamedTuple):
   loss_fn: Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
   predict_fn: Callable[[PyTree, jax.Array], jax.Array]
   ignore_index: int = -1  # weak_segmentation: the label of unannotated pixels
+  predict_seg_fn: Callable[[PyTree, jax.Array], jax.Array] | None = None  # multitask: the segmentation output
 
 
 def apply_model(model: nn.Module, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array,
@@ -95,6 +96,77 @@ def weak_segmentation(model: nn.Module, ignore_index: int, crf_weight: float, cr
     return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
 
   return Task("weak_segmentation", loss_fn, predict_fn, ignore_index)
+
+
+MULTITASK_STREAMS = ("cls_images", "weak", "strong", "seg_images", "seg_u", "seg_u_photo")
+
+
+def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_weight: float,
+              consistency_weight: float, threshold: float) -> Task:
+  """MultiMix's objective (Haque et al., MELBA 2021) on the streams of ``data.batch_mode='multitask'``:
+
+  ``cls_weight`` x CE on labeled images + ``dice_weight`` x soft Dice on labeled masks + ``ssl_weight`` x FixMatch
+  on the weak / strong pair + ``consistency_weight`` x the unlabeled segmentation consistency
+  (``losses.multitask``). A weight of 0 drops its streams from the forward pass. With ``model.use_saliency`` the
+  saliency bridge of the segmentation streams is computed inside the step (eval-mode classifier, no
+  second-order terms).
+  """
+  from fedjax_med.losses import multitask as mt
+  from fedjax_med.models.multimix import saliency
+
+  used = {"cls_images": cls_weight > 0, "weak": ssl_weight > 0, "strong": ssl_weight > 0,
+          "seg_images": dice_weight > 0, "seg_u": consistency_weight > 0, "seg_u_photo": consistency_weight > 0}
+  streams = [name for name in MULTITASK_STREAMS if used[name]]
+  seg_streams = {"seg_images", "seg_u", "seg_u_photo"}
+  if not streams:
+    raise ValueError("config.task: every multitask loss weight is 0")
+
+  def bridge(variables, images_by_stream):
+    if not getattr(model, "use_saliency", False):
+      return None
+    return jnp.concatenate([saliency(model, variables, x) if name in seg_streams else jnp.zeros(x.shape[:3] + (1,))
+                            for name, x in images_by_stream.items()])
+
+  def loss_fn(params, model_state, batch: Batch, rng, train=True):
+    images = {name: batch[name] for name in streams}
+    x = jnp.concatenate(list(images.values()))
+    variables = {"params": params, **model_state}
+    sal = bridge(variables, images)
+    if train and model_state:
+      outputs, model_state = model.apply(variables, x, train=True, saliency=sal, rngs={"dropout": rng},
+                                         mutable=list(model_state))
+    else:
+      outputs = model.apply(variables, x, train=train, saliency=sal, rngs={"dropout": rng})
+    sizes = [images[name].shape[0] for name in streams]
+    offsets = dict(zip(streams, [sum(sizes[:i]) for i in range(len(sizes))]))
+    part = lambda key, name: outputs[key][offsets[name]:offsets[name] + images[name].shape[0]]
+    metrics, loss = {}, jnp.zeros(())
+    if cls_weight:
+      per = losses.cross_entropy(part("logits", "cls_images"), batch["cls_labels"], batch["cls_weight"])
+      metrics["cls"] = losses.weighted_mean(per, batch["cls_weight"] * (batch["cls_labels"] >= 0))
+      loss = loss + cls_weight * metrics["cls"]
+    if dice_weight:
+      per = losses.soft_dice_loss(part("seg_logits", "seg_images"), batch["seg_masks"])
+      metrics["dice_loss"] = losses.weighted_mean(per * batch["seg_weight"], batch["seg_weight"])
+      loss = loss + dice_weight * metrics["dice_loss"]
+    if ssl_weight:
+      metrics["ssl"], metrics["kept_fraction"] = mt.fixmatch_loss(part("logits", "weak"), part("logits", "strong"),
+                                                                  threshold)
+      loss = loss + ssl_weight * metrics["ssl"]
+    if consistency_weight:
+      metrics["seg_consistency"] = mt.segmentation_consistency(part("seg_logits", "seg_u"),
+                                                               part("seg_logits", "seg_u_photo"))
+      loss = loss + consistency_weight * metrics["seg_consistency"]
+    return loss, (model_state, {"loss": loss, **metrics})
+
+  def predict_fn(variables, images):
+    return jax.nn.softmax(model.apply(variables, images, train=False)["logits"], axis=-1)
+
+  def predict_seg_fn(variables, images):
+    sal = saliency(model, variables, images) if getattr(model, "use_saliency", False) else None
+    return jax.nn.softmax(model.apply(variables, images, train=False, saliency=sal)["seg_logits"], axis=-1)
+
+  return Task("multitask", loss_fn, predict_fn, predict_seg_fn=predict_seg_fn)
 
 
 def representation(model: nn.Module) -> Task:

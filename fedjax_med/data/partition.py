@@ -62,12 +62,16 @@ def by_column(values: np.ndarray, group: np.ndarray, clients: tuple[str, ...] = 
   """Natural split: one client per value of a metadata column (e.g. site).
 
   ``clients`` optionally fixes the order (and subset) of values; rows with other
-  values get -1. Raises if a group spans two values.
+  values get -1, unless one entry is ``"*"``: that client takes every value not listed.
+  Raises if a group spans two values.
   """
   names = tuple(clients) if clients else tuple(np.unique(values).tolist())
   client_of_row = np.full(len(values), -1, np.int32)
   for i, name in enumerate(names):
-    client_of_row[values == name] = i
+    if name == "*":
+      client_of_row[~np.isin(values, [n for n in names if n != "*"])] = i
+    else:
+      client_of_row[values == name] = i
   unique, inverse = _groups(group)
   for g in range(len(unique)):
     owners = np.unique(client_of_row[inverse == g])

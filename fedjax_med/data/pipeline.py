@@ -19,8 +19,9 @@ from fedjax_med.data.format import PreparedDataset
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.sampling import num_epochs_needed
 
-TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts", "client_index")
-BATCH_MODES = ("images", "patches", "volume_partitions")
+TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts", "client_index", "cls_labeled",
+              "seg_labeled", "seg_unlabeled")
+BATCH_MODES = ("images", "patches", "volume_partitions", "multitask")
 
 
 def stack_clients(datasets: Sequence[PreparedDataset], keys: Sequence[str] = TRAIN_KEYS) -> dict[str, np.ndarray]:
@@ -183,6 +184,51 @@ def volume_partition_batch_fn(mean: Sequence[float], std: Sequence[float], views
   return batch_fn
 
 
+def stream_rows(key: jax.Array, flags: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+  """``count`` rows drawn with replacement among those whose flag is 1, and their flags (all 0 when no row has
+  the flag: then the rows are arbitrary and the loss weights them out). Static shapes, no host sync."""
+  weights = flags.astype(jnp.float32)
+  fallback = jnp.ones_like(weights) / weights.shape[0]
+  p = jnp.where(jnp.sum(weights) > 0, weights / jnp.maximum(jnp.sum(weights), 1.0), fallback)
+  rows = jax.random.choice(key, weights.shape[0], (count,), p=p)
+  return rows, weights[rows]
+
+
+def multitask_batch_fn(mean: Sequence[float], std: Sequence[float]) -> Callable:
+  """MultiMix's four streams from one client's rows (``batch_size`` each):
+
+  * ``cls_*``: rows with a class label (``cls_labeled``), weak view; ``cls_weight`` 0 if the client has none;
+  * ``weak`` / ``strong``: the engine's rows (all rows, labeled or not, as the unlabeled stream), two views of the
+    same images (FixMatch pairing);
+  * ``seg_*``: rows with a mask (``seg_labeled``), weak geometry applied to image and mask alike;
+  * ``seg_u`` / ``seg_u_photo``: rows without a mask (``seg_unlabeled``), weak view and a pixel-aligned photometric
+    view of it.
+  Padding rows (clients are zero-padded to the largest) have every flag 0 and are never drawn.
+  """
+
+  def batch_fn(arrays, idx, key):
+    count = idx.shape[0]
+    k_cls, k_seg, k_unl, k_v1, k_v2, k_v3, k_v4, k_v5, k_v6 = jax.random.split(key, 9)
+    unit = lambda rows: arrays["images"][rows].astype(jnp.float32) / 255.0
+    norm = lambda x: normalize_unit(x, mean, std)
+    cls_rows, cls_weight = stream_rows(k_cls, arrays["cls_labeled"], count)
+    seg_rows, seg_weight = stream_rows(k_seg, arrays["seg_labeled"], count)
+    unl_rows, _ = stream_rows(k_unl, arrays["seg_unlabeled"], count)
+    unl_rows = jnp.where(jnp.sum(arrays["seg_unlabeled"]) > 0, unl_rows, idx)  # every row has a mask: use any
+    raw = unit(idx)
+    seg_images, seg_masks = augment.weak_view_with_labels(k_v3, unit(seg_rows), arrays["masks"][seg_rows])
+    seg_u = augment.weak_view(k_v4, unit(unl_rows))
+    return {
+        "cls_images": norm(augment.weak_view(k_v1, unit(cls_rows))),
+        "cls_labels": arrays["labels"][cls_rows].astype(jnp.int32), "cls_weight": cls_weight,
+        "weak": norm(augment.weak_view(k_v2, raw)), "strong": norm(augment.strong_view(k_v6, raw)),
+        "seg_images": norm(seg_images), "seg_masks": seg_masks.astype(jnp.int32), "seg_weight": seg_weight,
+        "seg_u": norm(seg_u), "seg_u_photo": norm(augment.photometric_view(k_v5, seg_u)),
+    }
+
+  return batch_fn
+
+
 def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int = 0,
                   views: Sequence[str] = ()):
   if mode == "images":
@@ -195,4 +241,6 @@ def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], fli
     return patch_batch_fn(patch_size, mean, std, flips)
   if mode == "volume_partitions":
     return volume_partition_batch_fn(mean, std, views)
+  if mode == "multitask":
+    return multitask_batch_fn(mean, std)
   raise ValueError(f"unknown data.batch_mode {mode!r}; allowed: {BATCH_MODES}")

@@ -69,3 +69,9 @@ def test_bad_arguments_name_the_argument():
     partition.iid(group, 0, 0)
   with pytest.raises(ValueError, match="dirichlet alpha must be > 0"):
     partition.dirichlet(labels, group, 3, 0.0, 0)
+
+
+def test_by_column_star_collects_every_unlisted_value():
+  values = np.array(["a", "b", "c", "d", "a"])
+  np.testing.assert_array_equal(partition.by_column(values, np.arange(5).astype(str), ("a", "*")), [0, 1, 1, 1, 0])
+  np.testing.assert_array_equal(partition.by_column(values, np.arange(5).astype(str), ("b",)), [-1, 0, -1, -1, -1])
