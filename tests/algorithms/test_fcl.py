@@ -136,3 +136,21 @@ def test_finetuning_starts_from_the_pretrained_encoder_with_a_fresh_decoder(tmp_
   config.model.init_encoder = str(tmp_path / "missing")
   with pytest.raises(FileNotFoundError, match="missing/global_variables.msgpack"):
     experiment.build(config)
+
+
+def test_momentum_encoder_follows_the_main_encoder_by_ema_after_every_step():
+  config = tiny_fcl_config()
+  exp = experiment.build(config)
+  server, states = experiment.initial_state(exp)
+  spec = exp.algorithm.cohorts["clients"]
+  state = jax.tree.map(lambda x: x[0], states["clients"])
+  local = spec.start(server, state, jax.random.PRNGKey(0))
+  batch = exp.batch_fns["clients"](jax.tree.map(lambda x: x[0], exp.data["clients"].arrays), jnp.arange(2),
+                                   jax.random.PRNGKey(1))
+  new, _ = jax.jit(spec.step)(local, batch, jax.random.PRNGKey(2))
+  m = config.algorithm.momentum
+  for old_k, new_q, new_k in zip(jax.tree.leaves(local["momentum_params"]), jax.tree.leaves(new["params"]),
+                                 jax.tree.leaves(new["momentum_params"])):
+    np.testing.assert_allclose(new_k, m * old_k + (1 - m) * new_q, rtol=1e-5, atol=1e-7)
+  assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(local["momentum_params"]),
+                                                   jax.tree.leaves(new["momentum_params"])))
