@@ -5,7 +5,7 @@ own cheap form, and its same-budget baselines.
   python main.py --config configs/fedicra_acdc.py:fedavg_pce --workdir runs/pce      # FedAvg + partial CE
   python main.py --config configs/fedicra_acdc.py:fedavg_crf --workdir runs/crf      # FedAvg + pCE + gated CRF
   python main.py --config configs/fedicra_acdc.py:fedbn --workdir runs/fedbn         # FedBN + pCE + gated CRF
-  python main.py --config configs/fedicra_acdc.py:site2 --workdir runs/site2         # one site alone (pCE)
+  python main.py --config configs/fedicra_acdc.py:local --workdir runs/local         # every site alone (pCE)
   python main.py --config configs/fedicra_acdc.py:full --workdir runs/full           # FedAvg, full masks (upper)
 Append ``,table`` for the CPU protocol of docs/results/fedicra_acdc.md.
 
@@ -31,7 +31,7 @@ from configs import common, fedavg
 
 SITES = ("DCM", "HCM", "MINF", "NOR", "RV")
 FORMS = ("real_scribble", "noisy_scribble", "point", "box", "block")
-MODES = ("fedicra", "fedavg_pce", "fedavg_crf", "fedbn", "full") + tuple(f"site{i}" for i in range(len(SITES)))
+MODES = ("fedicra", "fedavg_pce", "fedavg_crf", "fedbn", "local", "full")
 
 
 def fedicra_algorithm() -> ml_collections.ConfigDict:
@@ -73,17 +73,15 @@ def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.C
   config.model.kwargs = ml_collections.ConfigDict(dict(widths=config.model.kwargs.widths,
                                                        dropout=config.model.kwargs.dropout))
   config.client.local_steps = training_steps  # the same gradient steps as FedICRA's head + body phases
-  config.task.crf_weight = 0.0 if mode in ("fedavg_pce",) or mode.startswith("site") else 0.1
+  config.task.crf_weight = 0.0 if mode in ("fedavg_pce", "local") else 0.1
   if mode == "fedbn":
+    config.algorithm.batch_stats = "local"
+  elif mode == "local":  # every variable stays on its client: five sites trained alone, side by side
+    config.algorithm.local_params = r".*"
     config.algorithm.batch_stats = "local"
   elif mode == "full":
     config.data.weak_forms = ("full",) * len(SITES)
     config.task.name = "segmentation"
-  elif mode.startswith("site"):
-    config.partition.only_client = int(mode[4:])
-    config.num_rounds *= len(SITES)  # as many gradient steps as the whole federation (configs/common.py)
-    config.eval.every *= len(SITES)
-    config.checkpoint.every *= len(SITES)
   return config
 
 
