@@ -36,7 +36,7 @@ def test_budgets_hide_labels_and_flag_masks():
     budgets.apply_budgets(data, 0, 5, 0)
 
 
-@pytest.mark.parametrize("arg", ["multimix,20,6", "enc,20,6", "unet,all,6", "umtl,20,6,fed"])
+@pytest.mark.parametrize("arg", ["multimix,20,6", "enc,all,6", "umtl,20,6,fed"])
 def test_modes_train_and_report_both_tasks(arg, tmp_path):
   summary = train.run(tiny_config(arg), str(tmp_path / "run"))
   evaluation = summary["eval"]
