@@ -126,3 +126,25 @@ def test_calibrated_noise_and_refusal_of_unprotected_messages(tmp_path):
   fedirm.privacy.unprotected_messages = ("drm", "drm_weight")
   fedirm.overwrite = True
   assert "privacy" in train.run(fedirm, str(tmp_path / "fedirm"))
+
+
+@pytest.mark.parametrize("arg", ["2", "inf"])
+def test_the_dp_ham10000_config_calibrates_to_its_target(arg, tmp_path):
+  from configs import fedavg_ham10000_dp
+  from tests.helpers import short_run
+
+  config = fedavg_ham10000_dp.get_config(arg)
+  config.data.name, config.data.root = "synthetic", ""
+  config.data.mean, config.data.std = (0.5,), (0.25,)
+  config.partition.num_clients = 20
+  config.model.kwargs.widths, config.model.kwargs.dense = (4,), 8
+  if arg == "inf":
+    config.aggregation.clients_per_round = 2
+  summary = train.run(short_run(config, rounds=3), str(tmp_path / arg))
+  rows = [json.loads(line) for line in open(tmp_path / arg / "metrics.jsonl")]
+  if arg == "inf":
+    assert "privacy" not in rows[-1]
+  else:
+    spent = rows[-1]["privacy"]["epsilon"]
+    assert 1.0 < spent <= 2.0 and rows[-1]["privacy"]["noise_multiplier"] > 0  # calibrated for 3 rounds at q = 0.1
+  assert np.isfinite(summary["eval"]["macro_auroc"])
