@@ -146,6 +146,15 @@ def class_names(workdir: str) -> list[str] | None:
     return json.load(f).get("class_names") or None
 
 
+def _save(fig, ax, path: str) -> str:
+  """Legend, layout, write ``path`` at 120 dpi, close the figure."""
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def plot_compare(workdirs: list[str], metric: str, path: str, over_seeds: bool = False) -> str:
   """One evaluation metric against the round for several runs (labels: the workdir names).
 
@@ -170,11 +179,7 @@ def plot_compare(workdirs: list[str], metric: str, path: str, over_seeds: bool =
         ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.15)
   ax.set_xlabel("round")
   ax.set_ylabel(metric)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, ax, path)
 
 
 def config_value(workdir: str, dotted_key: str):
@@ -229,11 +234,7 @@ def plot_sweep(workdirs: list[str], metric: str, x_key: str, path: str, token: s
                                                                                              for x in p})])
   ax.set_xlabel(x_key)
   ax.set_ylabel(metric)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> int:
