@@ -113,6 +113,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.target_epsilon = 0.0  # > 0: stop before a round would exceed it (and calibrate z if z < 0)
   config.privacy.unprotected_messages = ()  # messages besides the update accepted WITHOUT protection
 
+  # Real deployment over Flower (python -m fedjax_med.deploy.flower; the `flower` extra).
+  config.deploy = ml_collections.ConfigDict()
+  config.deploy.min_clients = 2  # a round needs this many replies, else the server stops (checkpoint kept)
+  config.deploy.round_timeout = 600.0  # s the server waits for the sites' replies in a round
+  config.deploy.connect_timeout = 120.0  # s the server waits for min_clients sites to connect
+
   config.execution = ml_collections.ConfigDict()
   config.execution.strategy = "auto"  # auto (measured) | vmap | unrolled | sequential | stepwise
   config.execution.candidates = ("vmap", "unrolled", "sequential", "stepwise")  # what auto measures

@@ -34,7 +34,7 @@ POSITIVE = ("num_rounds", "client.batch_size", "client.learning_rate", "partitio
 NON_NEGATIVE = ("client.local_steps", "client.local_epochs", "aggregation.clients_per_round", "algorithm.prox_mu",
                 "client.weight_decay", "server.learning_rate")
 # Keys that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = ("num_rounds", "overwrite", "execution", "eval", "log", "checkpoint")
+RESUMABLE_CHANGES = ("num_rounds", "overwrite", "execution", "eval", "log", "checkpoint", "deploy")
 
 
 class ConfigError(ValueError):

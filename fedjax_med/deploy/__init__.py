@@ -1,0 +1,1 @@
+"""Deployment beyond simulation: Flower server and site apps (``flower``), TLS and keys (``certificates``)."""

@@ -1,0 +1,228 @@
+"""Real cross-silo deployment on Flower: one server, one process per hospital, only parameters and metrics on the wire.
+
+  # the server (a Flower SuperLink + this run's ServerApp); waits for the sites, trains, writes WORKDIR
+  python -m fedjax_med.deploy.flower server --config configs/fedavg.py [--config.key=value ...] --workdir W \\
+      [--host 0.0.0.0] [--port 9092] [--certificates DIR] [--auth_keys DIR]
+  # each site (a Flower SuperNode running this package's ClientApp on the site's own prepared data)
+  python -m fedjax_med.deploy.flower client --site K --data DIR --superlink HOST:9092 \\
+      [--certificates DIR] [--auth_key FILE]
+
+Needs the ``flower`` extra (``pip install 'fedjax_med[flower]'``, flwr 1.42). The server's config travels to the
+sites with every round; ``--data`` replaces its ``data.root`` at the site. A site is client ``K`` of the config's
+partition, so its data is what the simulation would give client K (a site that holds only its own rows, e.g. one
+ACDC pathology group with ``partition.method='column'``, gets the same client).
+
+Security (Flower's mechanisms, not ours): ``--certificates DIR`` turns on TLS (``DIR/ca.crt``, and at the server
+``DIR/server.pem`` + ``DIR/server.key``); ``--auth_keys DIR`` at the server turns on SuperNode authentication and
+registers every ``DIR/*.pub`` (OpenSSH ECDSA public keys); a site then starts with ``--auth_key`` (its private key)
+and a SuperNode whose key is not registered is refused. ``deploy/certificates.py`` makes throw-away ones for tests.
+
+Rounds: the server selects the sites as the simulation does, sends them the server state, and waits up to
+``deploy.round_timeout`` s; with at least ``deploy.min_clients`` replies it aggregates them (a site that died is
+left out), otherwise it stops with a message naming the missing sites and keeps the last global checkpoint
+(``checkpoint.every`` rounds). The same config in simulation (``execution.strategy='sequential'``) gives the same
+global parameters (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "server: path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "server: output directory (checkpoints, metrics, global variables).")
+flags.DEFINE_string("host", "127.0.0.1", "server: the address the SuperLink listens on (0.0.0.0: every interface).")
+flags.DEFINE_integer("port", 9092, "server: the SuperLink's port (Fleet, Control and Runtime APIs over HTTP).")
+flags.DEFINE_integer("site", None, "client: this site's client index in the config's partition.")
+flags.DEFINE_string("data", "", "client: the site's prepared data (replaces config.data.root).")
+flags.DEFINE_string("superlink", "127.0.0.1:9092", "client: the server's HOST:PORT.")
+flags.DEFINE_integer("clientappio_port", 9094, "client: the local ClientAppIo port (unique per site on one host).")
+flags.DEFINE_string("certificates", "", "TLS: a directory with ca.crt (and at the server server.pem, server.key).")
+flags.DEFINE_string("auth_keys", "", "server: a directory of the sites' *.pub keys; only they may join.")
+flags.DEFINE_string("auth_key", "", "client: this site's private key (OpenSSH ECDSA) for SuperNode authentication.")
+flags.DEFINE_float("timeout", 0.0, "server: stop the whole deployment after this many seconds (0 = no limit).")
+
+READY = "the SuperLink accepts sites"  # printed once sites may connect (after their keys are registered)
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedjax-med-deploy"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedjax-med"
+
+[tool.flwr.app.components]
+serverapp = "fedjax_med.deploy.flower_apps:server_app"
+clientapp = "fedjax_med.deploy.flower_apps:client_app"
+
+[tool.flwr.app.config]
+workdir = ""
+"""
+
+
+def _executable(name: str) -> str:
+  path = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+  if not os.path.exists(path):
+    raise SystemExit(f"error: {name} not found: install the flower extra (pip install 'fedjax_med[flower]')")
+  return path
+
+
+def _tls_files(directory: str, server: bool) -> dict[str, str]:
+  names = {"ca": "ca.crt"} | ({"cert": "server.pem", "key": "server.key"} if server else {})
+  files = {k: os.path.abspath(os.path.join(directory, v)) for k, v in names.items()}
+  missing = [f for f in files.values() if not os.path.exists(f)]
+  if missing:
+    raise SystemExit(f"error: --certificates {directory}: missing {missing}")
+  return files
+
+
+def superlink_command() -> list[str]:
+  cmd = [_executable("flower-superlink"), "--host", FLAGS.host, "--port", str(FLAGS.port),
+         "--database", ":flwr-in-memory:", "--isolation", "subprocess"]
+  if FLAGS.certificates:
+    tls = _tls_files(FLAGS.certificates, server=True)
+    cmd += ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]]
+  else:
+    cmd += ["--insecure"]
+  if FLAGS.auth_keys:
+    cmd += ["--enable-supernode-auth"]
+  return cmd
+
+
+def supernode_command(site: int, data: str) -> list[str]:
+  node_config = f'site={site} data="{os.path.abspath(data) if data else ""}"'
+  cmd = [_executable("flower-supernode"), "--superlink", FLAGS.superlink, "--node-config", node_config,
+         "--port", str(FLAGS.clientappio_port), "--isolation", "subprocess", "--max-retries", "20",
+         "--max-wait-time", "120"]
+  if FLAGS.certificates:
+    cmd += ["--root-certificates", _tls_files(FLAGS.certificates, server=False)["ca"]]
+  else:
+    cmd += ["--insecure"]
+  if FLAGS.auth_key:
+    cmd += ["--auth-supernode-private-key", os.path.abspath(FLAGS.auth_key)]
+  return cmd
+
+
+def write_cli_home(home: str) -> dict[str, str]:
+  """A private FLWR_HOME whose default connection is this server's Control API; returns the environment."""
+  os.makedirs(home, exist_ok=True)
+  lines = ["[superlink]", 'default = "fedjax"', "", "[superlink.fedjax]",
+           f'address = "127.0.0.1:{FLAGS.port}"']
+  if FLAGS.certificates:
+    lines.append(f'root-certificates = "{_tls_files(FLAGS.certificates, server=False)["ca"]}"')
+  else:
+    lines.append("insecure = true")
+  with open(os.path.join(home, "config.toml"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return {**os.environ, "FLWR_HOME": home}
+
+
+def _flwr(args: list[str], env: dict[str, str], timeout: float | None = None, check: bool = True):
+  result = subprocess.run([_executable("flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode:
+    raise SystemExit(f"error: flwr {' '.join(args[:2])} failed: {(result.stderr or result.stdout).strip()[-800:]}")
+  return result
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 60.0) -> None:
+  import socket
+
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline:
+    if process.poll() is not None:
+      raise SystemExit(f"error: flower-superlink exited with status {process.returncode}")
+    with socket.socket() as s:
+      if s.connect_ex(("127.0.0.1", port)) == 0:
+        return
+    time.sleep(0.5)
+  raise SystemExit(f"error: flower-superlink did not open port {port} within {seconds:.0f} s")
+
+
+def serve() -> int:
+  """Starts the SuperLink, submits this run, streams its logs; returns 0 when every round was aggregated."""
+  from fedjax_med.deploy.flower_apps import CONFIG_FILE, STATUS_FILE
+
+  if FLAGS.config is None or not FLAGS.workdir:
+    raise SystemExit("error: server needs --config and --workdir")
+  workdir = os.path.abspath(FLAGS.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  for name, text in ((CONFIG_FILE, FLAGS.config.to_json_best_effort()), ("flower_app/pyproject.toml", APP_PYPROJECT)):
+    os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(text)
+  status = os.path.join(workdir, STATUS_FILE)
+  if os.path.exists(status):
+    os.remove(status)
+  env = write_cli_home(os.path.join(workdir, "flwr_home"))
+  log_file = open(os.path.join(workdir, "superlink.log"), "w")  # noqa: SIM115 - open for the link's lifetime
+  link = subprocess.Popen(superlink_command(), stdout=log_file, stderr=subprocess.STDOUT, env=env)
+  try:
+    _wait_for_port(FLAGS.port, link)
+    keys = []
+    if FLAGS.auth_keys:
+      keys = sorted(f for f in os.listdir(FLAGS.auth_keys) if f.endswith(".pub"))
+      if not keys:
+        raise SystemExit(f"error: --auth_keys {FLAGS.auth_keys} holds no *.pub key")
+      for key in keys:
+        _flwr(["supernode", "register", os.path.join(os.path.abspath(FLAGS.auth_keys), key)], env, timeout=60)
+    print(f"{READY} on {FLAGS.host}:{FLAGS.port}" + (f" ({len(keys)} site keys registered)" if FLAGS.auth_keys else ""),
+          flush=True)
+    run = subprocess.run([_executable("flwr"), "run", os.path.join(workdir, "flower_app"), "--stream",
+                          "--run-config", f'workdir="{workdir}"'], env=env, timeout=FLAGS.timeout or None)
+    del run  # the ServerApp's own record is the status file
+  finally:
+    link.terminate()
+    try:
+      link.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      link.kill()
+    log_file.close()
+  if not os.path.exists(status):
+    print(f"error: the run ended without a status ({status}); see {workdir}/superlink.log", file=sys.stderr)
+    return 2
+  with open(status) as f:
+    record = json.load(f)
+  if record["state"] != "finished":
+    print(f"error: {record['message']}", file=sys.stderr)
+    return 2
+  print(f"deployment finished: {record['rounds']} rounds, sites {record['sites']}; global variables in {workdir}")
+  return 0
+
+
+def join() -> int:
+  """Runs this site's SuperNode in the foreground until it is stopped."""
+  if FLAGS.site is None:
+    raise SystemExit("error: client needs --site K (its index in the config's partition)")
+  if FLAGS.data and not os.path.exists(FLAGS.data):
+    raise SystemExit(f"error: --data {FLAGS.data} does not exist")
+  return subprocess.call(supernode_command(FLAGS.site, FLAGS.data))
+
+
+def main(argv: list[str]) -> int:
+  commands = {"server": serve, "client": join}
+  if len(argv) != 2 or argv[1] not in commands:
+    raise SystemExit(textwrap.dedent(f"""\
+        usage: python -m fedjax_med.deploy.flower {{server,client}} [flags]; got {argv[1:]}
+        see python -m fedjax_med.deploy.flower --help"""))
+  return commands[argv[1]]()
+
+
+if __name__ == "__main__":
+  app.run(main)
