@@ -32,3 +32,7 @@ def test_notebook_runs(name, monkeypatch, tmp_path):
     for init in ("fcl", "random"):
       assert os.path.exists(os.path.join(namespace["runs"][init], "results.json"))
     assert os.path.getsize(namespace["similarity"]) > 5000 and os.path.getsize(namespace["overlay"]) > 5000
+  if name == "fedicra_quickstart.ipynb":
+    for mode in ("fedicra", "fedavg_pce"):
+      assert os.path.exists(os.path.join(namespace["runs"][mode], "results.json"))
+    assert os.path.getsize(namespace["weak"]) > 5000 and os.path.getsize(namespace["predictions"]) > 5000
