@@ -7,6 +7,10 @@
   python -m fedjax_med.deploy.flower client --site K --data DIR --superlink HOST:9092 \\
       [--certificates DIR] [--auth_key FILE]
 
+The server builds the config's experiment as well, for the model's shapes, the initial state and the
+selection: it reads the config's ``data.root`` (in a real deployment, a prepared dataset of the same format and
+classes, e.g. a public or synthetic one; it never trains on it).
+
 Needs the ``flower`` extra (``pip install 'fedjax_med[flower]'``, flwr 1.42). The server's config travels to the
 sites with every round; ``--data`` replaces its ``data.root`` at the site. A site is client ``K`` of the config's
 partition, so its data is what the simulation would give client K (a site that holds only its own rows, e.g. one
