@@ -188,9 +188,9 @@ def serve() -> int:
         _flwr(["supernode", "register", os.path.join(os.path.abspath(FLAGS.auth_keys), key)], env, timeout=60)
     print(f"{READY} on {FLAGS.host}:{FLAGS.port}" + (f" ({len(keys)} site keys registered)" if FLAGS.auth_keys else ""),
           flush=True)
-    run = subprocess.run([_executable("flwr"), "run", os.path.join(workdir, "flower_app"), "--stream",
-                          "--run-config", f'workdir="{workdir}"'], env=env, timeout=FLAGS.timeout or None)
-    del run  # the ServerApp's own record is the status file
+    # the ServerApp's own record is the status file read below, not flwr's exit status
+    subprocess.run([_executable("flwr"), "run", os.path.join(workdir, "flower_app"), "--stream",
+                    "--run-config", f'workdir="{workdir}"'], env=env, timeout=FLAGS.timeout or None)
   finally:
     link.terminate()
     try:

@@ -81,7 +81,6 @@ class SiteTrainer:
     self.initial_client_state = jax.tree.map(lambda x: x[self.position], client_states[self.cohort])
     self._round = jax.jit(execution.make_client_round(spec, exp.batch_fns[self.cohort], exp.plans[self.cohort],
                                                       train.scan_unroll(config)))
-    self.num_examples = int(exp.data[self.cohort].counts[self.position]) if self.cohort in exp.data else 0
 
   def train(self, server_arrays: Sequence[np.ndarray], client_arrays: Sequence[np.ndarray] | None
             ) -> tuple[list[np.ndarray], Reply]:
@@ -131,10 +130,9 @@ class Coordinator:
         continue
       messages = [from_arrays(r.message, self.message_templates[cohort], f"message of site {r.site}") for r in mine]
       stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *messages)
-      finite = aggregation.is_finite(stacked)
-      base = (jnp.asarray([r.num_examples for r in mine], jnp.float32)
-              if self.config.aggregation.weighting == "num_examples" else jnp.ones(len(mine)))
-      results[cohort] = ClientResults(stacked, jnp.where(finite, base, 0.0), jnp.asarray([r.site for r in mine]))
+      weights = execution.client_weights(self.config.aggregation.weighting,
+                                         jnp.asarray([r.num_examples for r in mine]), aggregation.is_finite(stacked))
+      results[cohort] = ClientResults(stacked, weights, jnp.asarray([r.site for r in mine]))
     self.server_state, metrics = self._update(self.server_state, results)
     return self.server_state, {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()}
 

@@ -289,13 +289,20 @@ class RoundRunner:
     for name, (states, messages, metrics) in outputs.items():
       sel, cohort = selection[name], data[name]
       finite = aggregation.is_finite(messages) & aggregation.is_finite(states)
-      base = cohort.counts[sel].astype(jnp.float32) if self.weighting == "num_examples" else jnp.ones(sel.shape)
-      results[name] = ClientResults(messages, jnp.where(finite, base, 0.0), cohort.client_ids[sel])
+      weights = client_weights(self.weighting, cohort.counts[sel], finite)
+      results[name] = ClientResults(messages, weights, cohort.client_ids[sel])
       new_states[name] = _scatter_finite(client_states[name], states, sel, finite)
       report_metrics[name], finite_flags[name], ids[name] = metrics, finite, cohort.client_ids[sel]
     new_server, server_metrics = self.algorithm.server_update(server_state, results)
     new_server = new_server.replace(round=server_state.round + 1)
     return new_server, new_states, RoundReport(ids, finite_flags, report_metrics, server_metrics)
+
+
+def client_weights(weighting: str, counts: jax.Array, finite: jax.Array) -> jax.Array:
+  """Aggregation weights ``[P]``: each participant's example count or 1 (``weighting``), 0 if its message is not
+  finite."""
+  base = counts.astype(jnp.float32) if weighting == "num_examples" else jnp.ones(counts.shape, jnp.float32)
+  return jnp.where(finite, base, 0.0)
 
 
 def client_mesh() -> jax.sharding.Mesh:
