@@ -77,6 +77,16 @@ def selection_for(exp: experiment.Experiment, round_num: int | None) -> dict[str
           if round_num is None or participates is None or participates(name, round_num)}
 
 
+def round_selection(exp: experiment.Experiment, server_state, round_num: int) -> dict[str, np.ndarray]:
+  """``selection_for``, narrowed under Poisson DP sampling to the clients the round's draw can count."""
+  selection = selection_for(exp, round_num)
+  if exp.dp is None or exp.dp.sampling != "poisson":
+    return selection
+  counter = int(jax.device_get(server_state.round))  # the mechanism draws with the server state's round counter
+  return {name: privacy.poisson_selection(exp.dp, server_state.rng, counter, np.asarray(exp.cohorts[name]))
+          for name in selection}
+
+
 def check_finite(report: execution.RoundReport, round_num: int, policy: str) -> list[int]:
   """Returns the clients left out of the aggregate; raises when the round cannot continue."""
   excluded = [int(c) for name in report.finite for c, ok in zip(report.client_ids[name], report.finite[name])
@@ -248,7 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         break
       tick = time.perf_counter()
       server_state, client_states, report = runner(server_state, client_states, exp.data_for_round(round_num),
-                                                   selection_for(exp, round_num))
+                                                   round_selection(exp, server_state, round_num))
       excluded = check_finite(report, round_num, config.aggregation.nonfinite)
       row = round_record(report, round_num, time.perf_counter() - tick, excluded)
       done = rounds_done = round_num + 1

@@ -8,8 +8,9 @@ count, which would depend on who took part. Everything happens inside the jitted
 from ``fold_in(fold_in(server rng, round), NOISE_STREAM)``.
 
 Sampling: ``poisson`` -- every client takes part with probability ``q`` independently (simulated by
-zeroing the weight of the clients not drawn, so shapes stay static; they still compute their update,
-which is discarded); ``fixed`` -- the engine's fixed-size sample of ``aggregation.clients_per_round``.
+zeroing the weight of the clients not drawn, so shapes stay static; the training loop computes only the
+drawn clients plus undrawn ones up to a fixed capacity, ``poisson_selection``); ``fixed`` -- the engine's
+fixed-size sample of ``aggregation.clients_per_round``.
 
 Accounting (``dp-accounting``, RDP or PLD): a round is ``PoissonSampled(q, Gaussian(z))`` or
 ``SampledWithoutReplacement(N, m, Gaussian(z))`` (replace-one adjacency), composed over rounds.
@@ -22,10 +23,12 @@ unprotected (``privacy.unprotected_messages``), so no guarantee is claimed that 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_med.engine import aggregation
@@ -77,10 +80,39 @@ def poisson_mask(key: jax.Array, client_ids: jax.Array, rate: float) -> jax.Arra
   return (draws < rate).astype(jnp.float32)
 
 
+def sampling_key(rng: jax.Array, round_num) -> jax.Array:
+  """The key of a round's Poisson draw (the first half of the mechanism's key; the noise uses the second)."""
+  return jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, round_num), NOISE_STREAM))[0]
+
+
+def poisson_capacity(num_clients: int, rate: float, sigmas: float = 5.0) -> int:
+  """Clients computed per round under Poisson sampling: ``qN + 5 sqrt(qN(1-q))`` (exceeded with probability
+  < 3e-7 per round; such a round computes every client)."""
+  mean = rate * num_clients
+  return min(num_clients, math.ceil(mean + sigmas * math.sqrt(mean * (1 - rate))) + 1)
+
+
+def poisson_selection(dp: DPConfig, rng: jax.Array, round_num: int, client_ids: np.ndarray) -> np.ndarray:
+  """Positions (in a cohort of global ``client_ids``) of the clients to compute this round: every client the
+  round's Poisson draw picks, filled up to a fixed capacity with undrawn clients (static shapes across rounds).
+
+  The draw is the one the jitted mechanism makes (``noisy_mean``): undrawn clients get weight 0 there, so
+  computing only this subset gives the result of computing all clients (summation order aside), at
+  ``capacity / N`` of the cost. A draw larger than the capacity computes every client.
+  """
+  client_ids = np.asarray(client_ids)
+  drawn = np.asarray(poisson_mask(sampling_key(rng, round_num), jnp.asarray(client_ids), dp.rate)) > 0
+  capacity = poisson_capacity(len(client_ids), dp.rate)
+  if drawn.sum() > capacity:
+    return np.arange(len(client_ids), dtype=np.int32)
+  fill = np.flatnonzero(~drawn)[: capacity - int(drawn.sum())]
+  return np.sort(np.concatenate([np.flatnonzero(drawn), fill])).astype(np.int32)
+
+
 def noisy_mean(results: Mapping[str, ClientResults], key: jax.Array, dp: DPConfig) -> tuple[PyTree, dict]:
   """The DP mean of every cohort's ``delta``: (sum of clipped updates + noise) / expected participants."""
   total, count, clipped_count, norms_sum = None, 0.0, 0.0, 0.0
-  k_sample, k_noise = jax.random.split(key)
+  k_sample, k_noise = jax.random.split(key)  # k_sample = sampling_key(rng, round)
   for result in results.values():
     taking_part = (result.weights > 0).astype(jnp.float32)
     if dp.sampling == "poisson":

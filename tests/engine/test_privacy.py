@@ -97,6 +97,29 @@ def test_noiseless_dp_with_everyone_equals_uniformly_weighted_fedavg():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_poisson_rounds_compute_a_capacity_subset_and_give_the_all_clients_result():
+  config = _dp_config(clip=0.5, noise_multiplier=0.5, rate=0.1)
+  config.partition.method, config.partition.num_clients = "iid", 16
+  config.data.synthetic.patients_per_site = 12
+  exp = experiment.build(config)
+  server, clients = experiment.initial_state(exp)
+  runner = train.execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+                                       weighting=config.aggregation.weighting)
+  (cohort, ids), = exp.cohorts.items()
+  ids = np.asarray(ids)
+  capacity = privacy.poisson_capacity(16, 0.1)
+  assert capacity < 16
+  for r in range(3):
+    narrowed = train.round_selection(exp, server, r)[cohort]
+    drawn = np.asarray(privacy.poisson_mask(privacy.sampling_key(server.rng, r), jnp.asarray(ids), 0.1)) > 0
+    assert len(narrowed) == capacity and set(np.flatnonzero(drawn)) <= set(narrowed.tolist())
+    full_server, _, full_report = runner(server, clients, exp.data, {cohort: np.arange(16, dtype=np.int32)})
+    server, clients, report = runner(server, clients, exp.data, {cohort: narrowed})
+    assert report.server_metrics["dp_participants"] == drawn.sum() == full_report.server_metrics["dp_participants"]
+    for a, b in zip(jax.tree.leaves(full_server.params), jax.tree.leaves(server.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_run_logs_epsilon_and_stops_before_exceeding_the_target(tmp_path):
   config = _dp_config(noise_multiplier=1.0, rate=0.5, target_epsilon=0.0)
   dp = experiment.dp_config(config, config.partition.num_clients)
