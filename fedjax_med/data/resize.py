@@ -63,7 +63,8 @@ def downsample(dataset: PreparedDataset, factor: int) -> PreparedDataset:
   for key in DENSE_LABEL_KEYS:
     if key in arrays:
       arrays[key] = centre_pixel(arrays[key], factor)
-  ignore_index = int(dataset.meta.get("ignore_index", 255))
+  ignore = dataset.meta.get("ignore_index")  # datasets without sparse labels may store None
+  ignore_index = 255 if ignore is None else int(ignore)
   for key in SPARSE_LABEL_KEYS:
     if key in arrays:
       arrays[key] = sparse_mode(arrays[key], factor, ignore_index)

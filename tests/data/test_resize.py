@@ -41,3 +41,11 @@ def test_masks_take_the_centre_pixel_and_scribbles_survive():
 def test_indivisible_factor_names_the_sizes():
   with pytest.raises(DatasetError, match="downsample=3 does not divide the image size 4x4"):
     resize.downsample(_dataset(), 3)
+
+
+def test_classification_data_without_ignore_index_downsamples():
+  """HAM10000's meta stores ignore_index None (no sparse labels): images shrink, labels stay."""
+  arrays = {"images": np.zeros((2, 4, 4, 3), np.uint8), "labels": np.array([1, 0]), "split": np.array(["train"] * 2)}
+  out = resize.downsample(PreparedDataset(arrays, {"ignore_index": None}), 2)
+  assert out.arrays["images"].shape == (2, 2, 2, 3)
+  np.testing.assert_array_equal(out.arrays["labels"], [1, 0])
