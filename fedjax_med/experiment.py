@@ -247,7 +247,13 @@ def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:
     spec = exp.algorithm.cohorts[name]
     per_client = [spec.client_init(exp.variables, jax.random.fold_in(key_run, i)) for i in ids]
     client_states[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_client)
-  return server_state, client_states
+  return strongly_typed(server_state), strongly_typed(client_states)
+
+
+def strongly_typed(tree: PyTree) -> PyTree:
+  """``tree`` with no weakly-typed array (e.g. ``jnp.full(shape, 1 / C)``): a round returns strongly-typed
+  arrays, and a weak input would make the second round trace and compile everything again."""
+  return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype) if getattr(x, "weak_type", False) else x, tree)
 
 
 def num_selected(exp: Experiment, name: str) -> int:

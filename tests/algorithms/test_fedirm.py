@@ -88,6 +88,23 @@ def test_mc_dropout_entropy_runs_the_head_and_grows_with_dropout():
   assert float(jnp.mean(entropy)) > float(jnp.mean(deterministic))  # averaging dropout draws flattens
 
 
+def test_head_only_mc_pass_equals_a_whole_network_train_mode_pass():
+  """The restructuring the throughput benchmark relies on: the official code runs the whole DenseNet per MC-dropout
+  pass (train mode: batch-statistics BN, dropout only before the last Dense). With the same dropout key, the head on
+  the features computed once gives the same logits as the whole pass, so the passes are the same in distribution."""
+  from fedjax_med.models.densenet import DenseNet
+
+  model = DenseNet(num_classes=3, growth_rate=4, block_config=(1, 1), num_init_features=8, stem="small", dropout=0.5)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 8, 8, 3))
+  features = model.apply(variables, x, train=True, mutable=["batch_stats"], method="backbone")[0]
+  for seed in range(3):
+    key = jax.random.PRNGKey(10 + seed)
+    whole, _ = model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
+    head = fedirm._head(model, variables["params"], features, key)
+    np.testing.assert_allclose(head, whole["logits"], rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_switch_names_the_key():
   with pytest.raises(ValueError, match=r"config.algorithm.teacher_sync='sometimes'.*allowed"):
     fedirm.Hyper(num_classes=3, teacher_sync="sometimes")
@@ -188,3 +205,15 @@ def test_additive_aggregation_sums_the_cohort_means():
   new, _ = algorithm.server_update(state, {"labeled": labeled, "unlabeled": unlabeled})
   np.testing.assert_allclose(new.params["params"]["w"], [2.0, ramp * 3.0], rtol=1e-6)  # mean L + ramp mean U
   np.testing.assert_allclose(new.params["batch_stats"]["m"], [(2.0 + ramp * 6.0) / (1 + ramp)], rtol=1e-6)
+
+
+def test_a_round_keeps_the_state_types_so_round_two_does_not_compile_again():
+  """The server's initial relation matrix was weakly typed: every run compiled its whole round twice."""
+  exp = experiment.build(tiny_fedirm_config(warmup_rounds=0))
+  server, clients = experiment.initial_state(exp)
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+                                 weighting="num_examples")
+  after = runner(server, clients, exp.data, train.selection_for(exp, None))[:2]
+  describe = lambda tree: [(x.dtype, x.shape, x.weak_type) for x in jax.tree.leaves(tree)]
+  assert describe(after) == describe((server, clients))
+  assert not any(weak for _, _, weak in describe((server, clients)))
