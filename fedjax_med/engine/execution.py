@@ -243,6 +243,11 @@ class RoundRunner:
     out = jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0))(server_state, spread(states), *spread(inputs))
     return jax.tree.map(lambda x: x[:count], out)
 
+  def client_program(self, name: str) -> Callable:
+    """The jitted round of one client of cohort ``name``: ``(server_state, cohort_states, cohort_data, index)``
+    -> (client_state, message, metrics); what ``sequential`` calls per client (benchmarks lower it for FLOPs)."""
+    return self._one_client[name]
+
   def _one_client_fn(self, name: str):
     fn = self.client_rounds[name]
 
