@@ -8,7 +8,7 @@ tensors of the same shapes: a round's cost does not depend on pixel values, and 
 Workloads (``--workload``):
   fedirm      FedIRM round after warm-up: DenseNet-121 at 64x64x3, 7 classes, 10 clients (2 labeled, 8 unlabeled
               with EMA teachers and MC-dropout), batch 16, 2 local steps, Adam.
-  drive_unet  FedAvg U-Net (16-32-64-128, batch norm) on 64x64 DRIVE patches, 4 clients x 20 steps of batch 16, Adam.
+  drive_unet  FedAvg U-Net (16-32-64-128, batch norm) on 64x64 DRIVE patches, 4 clients x 5 steps of batch 16, Adam.
   fcl         FCL pre-training round: U-Net encoder + projection head, momentum encoders, local banks and the
               feature exchange, 10 clients x 8 steps of 16 ACDC slices (4 volumes x 4 partitions) at 64x64.
   scaling     FedAvg of a small CNN (32-64-128, 32x32x3 inputs, 4 classes), 64 examples per client,
@@ -62,6 +62,12 @@ def synthetic_data(config: ml_collections.ConfigDict, image_size: int, channels:
   config.data.mean, config.data.std = (0.5,) * channels, (0.25,) * channels
 
 
+def jax_backend() -> str:
+  import jax
+
+  return jax.default_backend()
+
+
 def finish(config: ml_collections.ConfigDict, rounds: int, smoke: bool) -> ml_collections.ConfigDict:
   config.num_rounds = rounds  # auto's estimate weighs compile time against this many rounds
   if smoke:  # the test suite's run: auto still measures and picks, among the two cheapest lowerings to compile
@@ -105,6 +111,10 @@ def fedirm(smoke: bool, clients: int, rounds: int) -> Workload:
   config = load_config("configs/fedirm_ham10000.py:fedirm,full")  # DenseNet-121, Adam 2e-4, L2 5e-4
   config.client.batch_size, config.client.local_steps = 16, 2
   config.algorithm.warmup_rounds = 0  # a round after the warm-up: every client trains
+  if jax_backend() == "cpu":
+    # auto's calibration compiles each candidate; a DenseNet-121 step unrolled over clients or vmapped takes
+    # minutes to compile on XLA:CPU and vmapped convs run ~4x slower there (docs/performance.md): measured apart
+    config.execution.candidates = ("sequential", "stepwise")
   num_classes, channels, size = 7, 3, 64
   if smoke:
     synthetic_data(config, image_size=16, channels=3, patients=12)
@@ -143,6 +153,7 @@ def fedavg_segmentation_task(make, channels: int, size: int, clients: int, steps
 
 def drive_unet(smoke: bool, clients: int, rounds: int) -> Workload:
   config = load_config("configs/fedavg_drive.py")
+  config.client.local_steps = 5  # of the config's 20: the benchmark's 7 contenders x 6 rounds fit ~10 min of CPU
   channels, size = 1, config.data.patch_size
   if smoke:
     synthetic_data(config, image_size=16, channels=1, patients=8)
