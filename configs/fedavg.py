@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.weak_forms = ()  # per client: real_scribble|full|scribble|noisy_scribble|point|box|block; () = as is
   config.data.class_budget = -1  # batch_mode='multitask': training images keeping their class label (-1 = all)
   config.data.mask_budget = -1  # ... and keeping their mask
+  config.data.cls_source = ml_collections.ConfigDict(dict(name="", root=""))  # multitask: a second dataset for the
+  # classification streams (e.g. pneumoniamnist), resized to the first one's images; "" = the same dataset
   config.data.channels = ()  # keep these image channels (e.g. (1,) = green); () keeps all
   config.data.loader = "device"  # device (client data on the device) | grain (read per round, for big data)
   # images (whole examples) | patches (random crops) | volume_partitions (one slice per partition of a volume)

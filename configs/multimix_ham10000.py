@@ -4,6 +4,7 @@ segmentation from few labels, with the paper's ablation ladder as modes.
   python main.py --config configs/multimix_ham10000.py --workdir runs/multimix            # MultiMix, 100 / 10
   python main.py --config configs/multimix_ham10000.py:umtl,1000,50 --workdir runs/umtl   # MODE,CLASS,MASK budgets
   python main.py --config configs/multimix_ham10000.py:multimix,100,10,fed --workdir runs/fed  # federated
+  python main.py --config configs/multimix_ham10000.py:multimix,100,10,table ...   # docs/results/multimix_ham10000.md
 Budgets: training images keeping their class label / their mask (``all`` = every one; the paper: {100, 1000,
 all} x {10, 50, all}).
 
@@ -16,12 +17,19 @@ Modes (the paper's ladder; every mode trains the same network for the same steps
   multimix  umtls + FixMatch + the unlabeled segmentation consistency
 ``,fed`` splits the training images over 7 sites by body location (``localization``: the 6 most frequent values
 and one site for all others; the clients' labels are exactly those of the centralised run, drawn before the split)
-and runs FedAvg of the multi-task model; without it the run is centralised (one client).
+and runs FedAvg of the multi-task model; without it the run is centralised (one client). A federated round does
+``fed_local_steps`` per site (7 x 3 = 21 ~ the centralised round's 20), so both see the same number of images.
+``,pneumonia`` takes the classification streams from PneumoniaMNIST (normal / pneumonia chest X-rays, resized to
+the lesion images; scored on its test split) while segmentation stays on HAM10000: the paper's two-dataset setting
+(centralised only).
+``,table`` is the CPU protocol of docs/results/multimix_ham10000.md: 32x32 images, half the widths, 40 rounds at
+Adam 1e-3, the rest as above.
 
 Deviations from the official code (methods.md 4): the segmentation output is a 2-class softmax with a foreground
 soft Dice (official: 1-channel sigmoid Dice); the unlabeled segmentation term is a pixel-wise KL between a weak
 view and a pixel-aligned photometric view of the same unlabeled images (the official KL is identically zero);
-every stream is normalised alike; streams are redrawn every step (the official ``cycle`` repeats one batch).
+every stream is normalised alike; streams are redrawn every step (the official ``cycle`` repeats one batch); RGB
+input (official: grey).
 """
 
 import ml_collections
@@ -54,21 +62,25 @@ def budget(value: str) -> int:
 
 def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
   parts = arg.split(",")
-  mode = parts[0]
+  mode, flags = parts[0], set(parts[3:])
   class_budget, mask_budget = (parts[1], parts[2]) if len(parts) >= 3 else ("100", "10")
-  federated = len(parts) == 4 and parts[3] == "fed"
-  if len(parts) not in (1, 3, 4) or (len(parts) == 4 and not federated):
-    raise ValueError(f"configs/multimix_ham10000.py takes MODE[,CLASS_BUDGET,MASK_BUDGET[,fed]]; got {arg!r}")
+  if len(parts) == 2 or not flags <= {"fed", "pneumonia", "table"} or len(flags) != len(parts[3:]):
+    raise ValueError("configs/multimix_ham10000.py takes MODE[,CLASS_BUDGET,MASK_BUDGET[,fed][,pneumonia][,table]]; "
+                     f"got {arg!r}")
+  federated = "fed" in flags
   config = fedavg.get_config()
   config.num_rounds = 60
   config.data.name = "ham10000"
   config.data.root = common.data_file("ham10000/ham10000_64.npz")
   config.data.mean = (0.5,)  # the official Normalize(0.5, 0.5), on every stream alike
   config.data.std = (0.5,)
-  config.data.channels = (1,)  # grey input as the official code (Grayscale); the green channel of the RGB image
+  config.data.channels = ()  # RGB: dermoscopy's colour carries the diagnosis (official: Grayscale, for X-rays)
   config.data.batch_mode = "multitask"
   config.data.class_budget = budget(class_budget)
   config.data.mask_budget = budget(mask_budget)
+  if "pneumonia" in flags:
+    config.data.cls_source.name = "pneumoniamnist"
+    config.data.cls_source.root = common.data_file("pneumoniamnist/pneumoniamnist_28.npz")
 
   config.task.name = "multitask"
   config.task.threshold = 0.7  # official FixMatch confidence
@@ -83,7 +95,7 @@ def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
   config.client.optimizer = "adam"
   config.client.learning_rate = 1e-4  # official Adam 1e-4 (its StepLR decays to ~0 by epoch 40)
   config.client.batch_size = 10  # official: 10 per stream
-  config.client.local_steps = 20
+  config.client.local_steps = 3 if federated else 20  # federated: per site, 7 sites x 3 ~ one centralised round
 
   config.eval.every = 10
   config.eval.batch_size = 128
@@ -91,4 +103,13 @@ def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
   config.eval.hd95 = True
   config.eval.pad_multiple = 32
   config.checkpoint.every = 10
+  config.execution.strategy = "stepwise"  # a 20-step unrolled client program with the saliency takes > 10 min to
+  # compile on this CPU; auto would measure all four strategies first (~2 min) and pick stepwise here anyway
+  if "table" in flags:
+    config.data.downsample = 2  # 32x32
+    config.model.kwargs.widths = (8, 16, 32, 64, 128)
+    config.num_rounds = 40  # 800 centralised steps
+    config.client.learning_rate = 1e-3  # the short schedule: at 1e-4 the classifier is still at the majority class
+    config.eval.every = 20
+    config.eval.pad_multiple = 16
   return apply_mode(config, mode)

@@ -40,6 +40,7 @@ class Experiment:
   batch_fns: dict[str, Callable]
   streamed: dict[str, StreamedCohort] = dataclasses.field(default_factory=dict)
   dp: privacy.DPConfig | None = None
+  cls_eval_dataset: PreparedDataset | None = None  # multitask with data.cls_source: where classification is scored
 
   def data_for_round(self, round_num: int) -> dict[str, CohortData]:
     """The cohorts' data: device-resident, or this round's batches read through grain."""
@@ -179,8 +180,33 @@ def dp_config(config: ml_collections.ConfigDict, num_clients: int) -> privacy.DP
   return dp
 
 
+def with_cls_source(config: ml_collections.ConfigDict, train: PreparedDataset,
+                    meta: dict) -> tuple[PreparedDataset, PreparedDataset, dict]:
+  """Multitask training rows with ``data.cls_source``'s images as the classification streams (resized to the
+  segmentation images, same channels), its evaluation split, and the merged meta."""
+  src = config.data.cls_source
+  if config.partition.method != "pooled":
+    raise ValueError("config.data.cls_source: a second classification dataset is only supported centralised "
+                     f"(config.partition.method='pooled'); got {config.partition.method!r}")
+  cls_data = load_dataset(src.name, src.root)
+  height, width, channels = train.arrays["images"].shape[1:]
+  images = cls_data.arrays["images"]
+  if images.shape[-1] != channels:  # grey <-> the one configured channel: take the mean, or repeat grey
+    images = images.mean(-1, keepdims=True).round().astype(np.uint8) if channels == 1 else \
+        np.repeat(images[..., :1], channels, axis=-1)
+  cls_data = PreparedDataset({**cls_data.arrays, "images": resize.resize_images(images, (height, width))},
+                             cls_data.meta)
+  train = budgets.with_classification_stream(train, cls_data.split("train"), config.data.class_budget,
+                                             config.data.mask_budget, config.seed)
+  cls_eval = cls_data.split(config.data.eval_split)
+  if len(cls_eval) == 0:
+    raise ValueError(f"config.data.eval_split={config.data.eval_split!r} has no rows in {src.name} ({src.root})")
+  return train, cls_eval, train.meta
+
+
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Builds the experiment (loads data, partitions, initialises the model, puts client data on device)."""
+  cls_eval_dataset = None
   if config.data.name == "tfds":
     clients, eval_dataset, meta, image_shape = tfds_clients(config)
   else:
@@ -191,7 +217,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     image_shape = train.arrays["images"].shape[1:]
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
       train = volumes.to_volumes(train, config.data.num_partitions)
-    if config.data.batch_mode == "multitask":  # label budgets drawn once, before the clients are formed
+    if config.data.batch_mode == "multitask" and config.data.cls_source.name:
+      train, cls_eval_dataset, meta = with_cls_source(config, train, meta)
+    elif config.data.batch_mode == "multitask":  # label budgets drawn once, before the clients are formed
       train = budgets.apply_budgets(train, config.data.class_budget, config.data.mask_budget, config.seed)
     clients = client_datasets(train, config.partition, config.seed, tuple(config.data.weak_forms),
                               ignore_index_of(meta))
@@ -235,7 +263,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       data[name], plans[name] = cohort_data([clients[i] for i in ids], ids, config.client.batch_size,
                                             config.client.local_steps, config.client.local_epochs)
   return Experiment(config, meta, clients, eval_dataset, cohorts, model, task, variables, algorithm, data,
-                    plans, batch_fns, streamed, dp)
+                    plans, batch_fns, streamed, dp, cls_eval_dataset)
 
 
 def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:

@@ -124,7 +124,6 @@ _SEG_PREDICT: dict[int, Any] = {}
 
 def report_of(exp: experiment.Experiment, predict, variables, dataset) -> dict[str, Any]:
   """The task's evaluation metrics of ``variables`` on ``dataset``."""
-  probs = evaluation.predict_all(predict, variables, dataset.arrays["images"], exp.config.eval.batch_size)
   if exp.task.name == "multitask":  # class metrics, and the segmentation metrics prefixed seg_
     cfg = exp.config
     if id(exp) not in _SEG_PREDICT:  # one jitted program per run, not one per evaluation
@@ -133,8 +132,12 @@ def report_of(exp: experiment.Experiment, predict, variables, dataset) -> dict[s
     seg_predict = _SEG_PREDICT[id(exp)]
     seg_probs = evaluation.predict_all(seg_predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
     seg = evaluation.segmentation_report(seg_probs, dataset, hd95=cfg.eval.hd95)
+    if exp.cls_eval_dataset is not None:  # the classification task has its own dataset (data.cls_source)
+      dataset = exp.cls_eval_dataset
+    probs = evaluation.predict_all(predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
     return {**evaluation.classification_report(probs, dataset, exp.meta["num_classes"]),
             **{f"seg_{k}": v for k, v in seg.items()}}
+  probs = evaluation.predict_all(predict, variables, dataset.arrays["images"], exp.config.eval.batch_size)
   if exp.task.name == "classification":
     return evaluation.classification_report(probs, dataset, exp.meta["num_classes"])
   if exp.task.name == "representation":

@@ -47,3 +47,63 @@ def test_modes_train_and_report_both_tasks(arg, tmp_path):
   assert ("ssl" in trained) == arg.startswith("multimix") and ("dice_loss" in trained) != arg.startswith("enc")
   if arg.endswith("fed"):
     assert summary["num_clients"] == 3
+
+
+def two_datasets(seg_count=6, cls_count=8, size=8):
+  from fedjax_med.data.format import PreparedDataset
+
+  def rows(count, value, **extra):
+    return {"images": np.full((count, size, size, 1), value, np.uint8),
+            "group": np.array([f"p{i}" for i in range(count)]), "site": np.array(["s"] * count),
+            "split": np.array(["train"] * count), **extra}
+
+  seg = PreparedDataset(rows(seg_count, 0, masks=np.ones((seg_count, size, size), np.uint8),
+                             labels=np.full(seg_count, 3, np.int32)), {"name": "seg", "num_classes": 7})
+  cls = PreparedDataset(rows(cls_count, 255, labels=np.arange(cls_count, dtype=np.int32) % 2),
+                        {"name": "cls", "num_classes": 2})
+  return seg, cls
+
+
+def test_classification_stream_from_a_second_dataset_keeps_the_tasks_apart():
+  seg, cls = two_datasets()
+  both = budgets.with_classification_stream(seg, cls, class_budget=3, mask_budget=2, seed=0)
+  a = both.arrays
+  np.testing.assert_array_equal(a["cls_pool"], [0] * 6 + [1] * 8)
+  assert a["cls_labeled"][:6].sum() == 0 and a["cls_labeled"][6:].sum() == 3
+  assert (a["labels"][:6] == -1).all() and ((a["labels"][6:] >= 0) == a["cls_labeled"][6:].astype(bool)).all()
+  assert a["seg_labeled"][:6].sum() == 2 and a["seg_labeled"][6:].sum() == 0 and a["seg_unlabeled"][6:].sum() == 0
+  assert (a["masks"][6:] == 0).all() and all(g.startswith("cls:") for g in a["group"][6:])
+  assert both.meta["num_classes"] == 2
+  _, small = two_datasets(size=4)
+  with pytest.raises(ValueError, match="differ in shape"):
+    budgets.with_classification_stream(seg, small, 3, 2, 0)
+
+
+def test_classification_streams_draw_only_the_classification_dataset():
+  import jax
+
+  from fedjax_med.data.pipeline import multitask_batch_fn
+
+  seg, cls = two_datasets()
+  arrays = {k: jax.numpy.asarray(v) for k, v in
+            budgets.with_classification_stream(seg, cls, 3, 2, 0).arrays.items() if k not in ("group", "site", "split")}
+  batch = multitask_batch_fn((0.0,), (1.0,))(arrays, jax.numpy.arange(4), jax.random.PRNGKey(0))
+  # seg rows are black, classification rows white: every classification stream is white, every seg stream black
+  for name in ("cls_images", "weak"):
+    np.testing.assert_allclose(batch[name], 1.0, atol=1e-6)
+  for name in ("seg_images", "seg_u"):
+    np.testing.assert_allclose(batch[name], 0.0, atol=1e-6)
+  assert (batch["cls_labels"] >= 0).all() and (batch["seg_masks"] == 1).all()
+
+
+def test_multimix_with_a_classification_dataset_scores_each_task_on_its_own_test_split(tmp_path):
+  config = tiny_config("multimix,20,6")
+  config.data.cls_source.name = "synthetic"  # the default synthetic set (4 classes, 32x32), resized to 16x16
+  summary = train.run(config, str(tmp_path / "run"))
+  exp = experiment.build(config)
+  assert exp.meta["num_classes"] == 4 and len(exp.cls_eval_dataset) > 0
+  assert exp.cls_eval_dataset.arrays["images"].shape[1:] == exp.eval_dataset.arrays["images"].shape[1:]
+  assert 0.0 <= summary["eval"]["accuracy"] <= 1.0 and 0.0 <= summary["eval"]["seg_dice"] <= 1.0
+  config.partition.method = "column"
+  with pytest.raises(ValueError, match="only supported centralised"):
+    experiment.build(config)

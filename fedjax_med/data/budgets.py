@@ -6,6 +6,10 @@ independently for the two tasks (as the official code's two ``random_split`` cal
 class labels become ``-1``; the per-row flags ``cls_labeled``, ``seg_labeled`` and ``seg_unlabeled`` (uint8) say
 what a row keeps.
 The draw happens before the clients are formed, so a federated run holds the same labels as the centralised one.
+
+MultiMix's paper takes the two tasks from two datasets (pneumonia diagnosis from one chest X-ray set, lung masks
+from another): :func:`with_classification_stream` stacks a second dataset's rows under the first, flagged
+``cls_pool`` (the classification streams draw only there; the segmentation streams never do).
 """
 
 from __future__ import annotations
@@ -41,3 +45,44 @@ def apply_budgets(train: PreparedDataset, class_budget: int, mask_budget: int, s
   arrays["seg_labeled"] = seg.astype(np.uint8)
   arrays["seg_unlabeled"] = (~seg).astype(np.uint8)  # separate flag: zero-padded rows must have neither
   return PreparedDataset(arrays, train.meta)
+
+
+def with_classification_stream(seg_train: PreparedDataset, cls_train: PreparedDataset, class_budget: int,
+                               mask_budget: int, seed: int) -> PreparedDataset:
+  """Rows of ``seg_train`` (masks, ``mask_budget`` of them kept) followed by those of ``cls_train`` (class labels,
+  ``class_budget`` of them kept; all-zero masks, flagged neither ``seg_labeled`` nor ``seg_unlabeled``).
+
+  Images must have the same size and channels (resize first). ``cls_pool`` is 1 on the classification rows.
+  Groups are prefixed ``cls:`` so that the two datasets' patient ids never merge.
+  """
+  if not seg_train.has("masks"):
+    raise DatasetError(f"the segmentation dataset has no 'masks'; it has {sorted(seg_train.arrays)}")
+  if not cls_train.has("labels"):
+    raise DatasetError(f"the classification dataset has no 'labels'; it has {sorted(cls_train.arrays)}")
+  seg_shape, cls_shape = seg_train.arrays["images"].shape[1:], cls_train.arrays["images"].shape[1:]
+  if seg_shape != cls_shape:
+    raise DatasetError(f"the two datasets' images differ in shape: segmentation {seg_shape}, classification "
+                       f"{cls_shape}")
+  rng = np.random.default_rng(np.random.SeedSequence([seed, 2021]))
+  seg = _chosen(len(seg_train), mask_budget, rng, "mask_budget")
+  labeled = cls_train.arrays["labels"] >= 0
+  cls = np.zeros(len(cls_train), bool)
+  cls[np.flatnonzero(labeled)[_chosen(int(labeled.sum()), class_budget, rng, "class_budget")]] = True
+  n_seg, n_cls = len(seg_train), len(cls_train)
+  zeros = lambda n: np.zeros(n, np.uint8)
+  a, b = seg_train.arrays, cls_train.arrays
+  arrays = {
+      "images": np.concatenate([a["images"], b["images"]]),
+      "masks": np.concatenate([a["masks"], np.zeros((n_cls, *a["masks"].shape[1:]), a["masks"].dtype)]),
+      "labels": np.concatenate([np.full(n_seg, -1, np.int32), np.where(cls, b["labels"], -1).astype(np.int32)]),
+      "group": np.concatenate([a["group"].astype(str), np.char.add("cls:", b["group"].astype(str))]),
+      "site": np.concatenate([a["site"].astype(str), b["site"].astype(str)]),
+      "split": np.concatenate([a["split"].astype(str), b["split"].astype(str)]),
+      "cls_labeled": np.concatenate([zeros(n_seg), cls.astype(np.uint8)]),
+      "seg_labeled": np.concatenate([seg.astype(np.uint8), zeros(n_cls)]),
+      "seg_unlabeled": np.concatenate([(~seg).astype(np.uint8), zeros(n_cls)]),
+      "cls_pool": np.concatenate([zeros(n_seg), np.ones(n_cls, np.uint8)]),
+  }
+  meta = dict(seg_train.meta, num_classes=cls_train.meta["num_classes"],
+              class_names=cls_train.meta.get("class_names"), cls_source=cls_train.meta.get("name"))
+  return PreparedDataset(arrays, meta)

@@ -20,7 +20,7 @@ from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.sampling import num_epochs_needed
 
 TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts", "client_index", "cls_labeled",
-              "seg_labeled", "seg_unlabeled")
+              "seg_labeled", "seg_unlabeled", "cls_pool")
 BATCH_MODES = ("images", "patches", "volume_partitions", "multitask")
 
 
@@ -199,7 +199,8 @@ def multitask_batch_fn(mean: Sequence[float], std: Sequence[float]) -> Callable:
 
   * ``cls_*``: rows with a class label (``cls_labeled``), weak view; ``cls_weight`` 0 if the client has none;
   * ``weak`` / ``strong``: the engine's rows (all rows, labeled or not, as the unlabeled stream), two views of the
-    same images (FixMatch pairing);
+    same images (FixMatch pairing); when the rows carry ``cls_pool`` (a second, classification-only dataset,
+    ``budgets.with_classification_stream``), rows drawn among the flagged ones instead;
   * ``seg_*``: rows with a mask (``seg_labeled``), weak geometry applied to image and mask alike;
   * ``seg_u`` / ``seg_u_photo``: rows without a mask (``seg_unlabeled``), weak view and a pixel-aligned photometric
     view of it.
@@ -209,13 +210,18 @@ def multitask_batch_fn(mean: Sequence[float], std: Sequence[float]) -> Callable:
   def batch_fn(arrays, idx, key):
     count = idx.shape[0]
     k_cls, k_seg, k_unl, k_v1, k_v2, k_v3, k_v4, k_v5, k_v6 = jax.random.split(key, 9)
+    k_unl_cls = jax.random.fold_in(k_unl, 1)
     unit = lambda rows: arrays["images"][rows].astype(jnp.float32) / 255.0
     norm = lambda x: normalize_unit(x, mean, std)
     cls_rows, cls_weight = stream_rows(k_cls, arrays["cls_labeled"], count)
     seg_rows, seg_weight = stream_rows(k_seg, arrays["seg_labeled"], count)
     unl_rows, _ = stream_rows(k_unl, arrays["seg_unlabeled"], count)
     unl_rows = jnp.where(jnp.sum(arrays["seg_unlabeled"]) > 0, unl_rows, idx)  # every row has a mask: use any
-    raw = unit(idx)
+    if "cls_pool" in arrays:  # the classification images come from their own dataset
+      cls_unl_rows, _ = stream_rows(k_unl_cls, arrays["cls_pool"], count)
+      raw = unit(cls_unl_rows)
+    else:
+      raw = unit(idx)
     seg_images, seg_masks = augment.weak_view_with_labels(k_v3, unit(seg_rows), arrays["masks"][seg_rows])
     seg_u = augment.weak_view(k_v4, unit(unl_rows))
     return {

@@ -74,3 +74,13 @@ def downsample(dataset: PreparedDataset, factor: int) -> PreparedDataset:
     arrays["spacing"] = spacing
   meta = dict(dataset.meta, downsample=factor)
   return PreparedDataset(arrays, meta)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 [N, h, w, C] -> uint8 [N, H, W, C] by bilinear interpolation (half-pixel centres, as
+  ``jax.image.resize``), rounded to nearest; for bringing a second dataset to the first one's image size."""
+  import jax.image
+
+  n, _, _, c = images.shape
+  out = jax.image.resize(images.astype(np.float32), (n, *size, c), method="linear", antialias=True)
+  return np.clip(np.rint(np.asarray(out)), 0, 255).astype(np.uint8)
