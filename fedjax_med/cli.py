@@ -63,10 +63,14 @@ def default_workdir(config_path: str) -> str:
 
 def main(config: ml_collections.ConfigDict, workdir: str | None, config_path: str) -> int:
   """Runs training; expected failures print one ``error: ...`` line and exit with status 2."""
-  from fedjax_med import train
+  from fedjax_med import train  # importing JAX is allowed before jax.distributed.initialize; computing is not
+  from fedjax_med.engine import distributed
 
   workdir = workdir or default_workdir(config_path)
   try:
+    settings = distributed.settings_from_env()  # multi-host: FEDJAX_MED_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID
+    if settings is not None:
+      distributed.initialize(*settings)  # before any JAX computation
     train.run(config, workdir)
   except (config_lib.ConfigError, DatasetError, train.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,9 @@ Rebuilds the run's model and evaluation split from ``WORKDIR/config.json``, load
 (``global_variables.msgpack``) and draws, for the K evaluation images with the most ground-truth foreground,
 the image, the ground truth and the prediction (classes coloured over the image).
 
+Multi-task runs (MultiMix): ``--saliency K`` draws K test images with the classifier's saliency (the map the
+saliency bridge feeds to the decoder), the true and predicted class, the ground-truth and the predicted mask.
+
 Per-site runs (FedICRA and its baselines): ``--site-overlays K`` draws K test slices of each site with the
 site's own personalised prediction; :func:`plot_weak_labels` draws what each site annotated.
 """
@@ -155,6 +158,42 @@ def plot_weak_labels(config: ml_collections.ConfigDict, path: str, count: int = 
     _show(ax_weak, image, np.where(weak == ignore, num_classes, weak), num_classes,
           f"{site}: {form} ({100 * annotated:.1f}% of pixels)", hide=-1)
     _show(ax_full, image, full, num_classes, f"{site}: full mask")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_saliency(workdir: str, path: str, count: int = 6) -> str:
+  """For a multitask run: ``count`` test images (the most foreground first) with ``|d top logit / d x|`` (the
+  saliency bridge's input, normalised per image), the true / predicted class and the true / predicted mask."""
+  from fedjax_med.data.pipeline import normalize
+  from fedjax_med.models.multimix import saliency
+
+  config = run_config(workdir)
+  if config.task.name != "multitask":
+    raise ValueError(f"--saliency needs a multitask (MultiMix) run; {workdir} is {config.task.name!r}")
+  exp = experiment.build(config)
+  data, variables = exp.eval_dataset, final_variables(workdir)
+  images, masks = data.arrays["images"], data.arrays["masks"]
+  chosen = _most_foreground(masks, np.ones(len(masks), bool), count)
+  x = normalize(images[chosen], tuple(config.data.mean), tuple(config.data.std))
+  sal = np.asarray(saliency(exp.model, variables, x))[..., 0]
+  class_probs = np.asarray(exp.task.predict_fn(variables, x))
+  seg = np.asarray(exp.task.predict_seg_fn(variables, x)).argmax(-1)
+  names = exp.meta.get("class_names") or [str(k) for k in range(exp.meta["num_classes"])]
+  same_dataset = exp.cls_eval_dataset is None  # with a second classification dataset the true class is unknown
+  fig, axes = plt.subplots(len(chosen), 4, figsize=(8.8, 2.2 * len(chosen)), squeeze=False)
+  for row, index in enumerate(chosen):
+    truth = int(data.arrays["labels"][index]) if same_dataset and "labels" in data.arrays else -1
+    predicted = int(class_probs[row].argmax())
+    _show(axes[row][0], images[index], None, 2,
+          f"true: {names[truth] if truth >= 0 else '?'}, predicted: {names[predicted]} ({class_probs[row].max():.2f})")
+    axes[row][1].imshow(sal[row] / max(float(sal[row].max()), 1e-12), cmap="inferno")
+    axes[row][1].set_title("saliency |d top logit / dx|", fontsize=7)
+    axes[row][1].axis("off")
+    _show(axes[row][2], images[index], masks[index], exp.meta["num_mask_classes"], "ground-truth mask")
+    _show(axes[row][3], images[index], seg[row], exp.meta["num_mask_classes"], "predicted mask")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

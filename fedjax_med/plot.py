@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="segmentation runs: draw K held-out images with ground truth and prediction")
   parser.add_argument("--site-overlays", type=int, default=0,
                       help="per-site runs: K test images of each site with its personalised prediction")
+  parser.add_argument("--saliency", type=int, default=0,
+                      help="multi-task runs: K test images with the classifier's saliency and the predicted mask")
   parser.add_argument("--weak-labels", type=int, default=0,
                       help="weakly-supervised runs: K training images of each site with its weak labels")
   parser.add_argument("--over-seeds", action="store_true", help="with --compare: mean ± std over <run>_s<seed> dirs")
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   out = args.out or args.workdir
   os.makedirs(out, exist_ok=True)
-  if args.overlays or args.site_overlays or args.weak_labels:
+  if args.overlays or args.site_overlays or args.weak_labels or args.saliency:
     from fedjax_med import overlays  # builds the experiment: imports jax and the data pipeline
 
     try:
@@ -282,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
       if args.site_overlays:
         print(overlays.plot_site_predictions(args.workdir, os.path.join(out, "site_predictions.png"),
                                              args.site_overlays))
+      if args.saliency:
+        print(overlays.plot_saliency(args.workdir, os.path.join(out, "saliency.png"), args.saliency))
       if args.weak_labels:
         print(overlays.plot_weak_labels(overlays.run_config(args.workdir), os.path.join(out, "weak_labels.png"),
                                         args.weak_labels))

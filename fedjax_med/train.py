@@ -83,7 +83,8 @@ def round_selection(exp: experiment.Experiment, server_state, round_num: int) ->
   if exp.dp is None or exp.dp.sampling != "poisson":
     return selection
   counter = int(jax.device_get(server_state.round))  # the mechanism draws with the server state's round counter
-  return {name: privacy.poisson_selection(exp.dp, server_state.rng, counter, np.asarray(exp.cohorts[name]))
+  rng = jax.device_get(server_state.rng)  # a process-local copy: the draw must not need the other processes
+  return {name: privacy.poisson_selection(exp.dp, rng, counter, np.asarray(exp.cohorts[name]))
           for name in selection}
 
 
@@ -163,8 +164,18 @@ def evaluate(exp: experiment.Experiment, predict, server_state, client_states=No
   return report
 
 
+def evaluate_local(exp: experiment.Experiment, predict, server_state, client_states) -> dict[str, Any]:
+  """:func:`evaluate` on this process's copy of the (replicated) states: no other process takes part."""
+  return evaluate(exp, predict, jax.device_get(server_state), jax.device_get(client_states))
+
+
 def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
   cfg = exp.config.execution
+  if jax.process_count() > 1:  # several processes share one mesh: only the sharded strategy spans it
+    if cfg.strategy not in ("auto", "sharded"):
+      raise config_lib.ConfigError(f"a run over {jax.process_count()} processes needs config.execution.strategy="
+                                   f"'sharded' (or 'auto'); got {cfg.strategy!r}")
+    return "sharded", {}
   if cfg.strategy != "auto":
     return cfg.strategy, {}
   make_runner = lambda strategy, plans: execution.RoundRunner(
@@ -217,17 +228,42 @@ def save_global_variables(workdir: str, variables) -> str:
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final summary."""
-  # Set up: validate, build, workdir.
+class _NoWriter:
+  """The metrics writer of a process other than the first one of a multi-process run."""
+
+  def write(self, record: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def _sync(name: str) -> None:
+  """A barrier across the processes of a multi-process run (nothing with one process)."""
   if jax.process_count() > 1:
-    raise NotImplementedError("train.run writes logs and checkpoints from one process; a multi-process run goes "
-                              "through RoundRunner(strategy='sharded') directly (see fedjax_med.engine.distributed)")
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final summary.
+
+  Multi-process (``engine.distributed.initialize`` called first, one process per host): every process runs this
+  with the same config and data and the client axis is sharded over all processes' devices (strategy
+  ``sharded``); process 0 alone writes the metrics, the results, the final model and the progress bar and runs the
+  evaluations; the checkpoints are written and read by all through orbax, so ``workdir`` must be on a filesystem
+  every host sees.
+  """
+  # Set up: validate, build, workdir.
+  lead = jax.process_index() == 0
   config_lib.validate(config)
   exp = experiment.build(config)
-  if exp.meta.get("synthetic"):
+  if exp.meta.get("synthetic") and lead:
     log.warning("DATA IS SYNTHETIC: the embedded default dataset (%s), not real images", exp.meta["source"])
-  prepare_workdir(config, workdir)
+  if lead:
+    prepare_workdir(config, workdir)
+  _sync("fedjax_med:workdir")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
 
   # Initial or restored state.
@@ -244,13 +280,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  unroll=scan_unroll(config), weighting=config.aggregation.weighting)
   predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
                                     config.eval.pad_multiple)
-  writer = MetricsWriter(workdir, start_round, tensorboard=config.log.tensorboard)
+  writer = MetricsWriter(workdir, start_round, tensorboard=config.log.tensorboard) if lead else _NoWriter()
   record = {"strategy": strategy, "calibration": timings, "backend": jax.default_backend(),
             "config": config_lib.fingerprint(config)}
 
   # Train loop.
   last_eval: dict[str, Any] = {}
-  bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not config.log.progress, unit="round")
+  bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not (config.log.progress and lead),
+                  unit="round")
   start_time = time.perf_counter()
   rounds_done, privacy_stop = start_round, None
   try:
@@ -267,8 +304,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       done = rounds_done = round_num + 1
       if exp.dp is not None:
         row["privacy"] = privacy_record(exp, done)
-      if done % config.eval.every == 0 or done == config.num_rounds:
-        last_eval = row["eval"] = evaluate(exp, predict, server_state, client_states)
+      if (done % config.eval.every == 0 or done == config.num_rounds) and lead:
+        last_eval = row["eval"] = evaluate_local(exp, predict, server_state, client_states)
       writer.write(row)
       if done % config.checkpoint.every == 0 or done == config.num_rounds:
         checkpointer.save(done, experiment.state_tree(server_state, client_states), record)
@@ -283,8 +320,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # Summary.
   stopped_unsaved = privacy_stop and rounds_done % config.eval.every != 0
-  if not last_eval or stopped_unsaved:  # resumed a finished run, or the budget stopped it between evaluations
-    last_eval = evaluate(exp, predict, server_state, client_states)
+  if lead and (not last_eval or stopped_unsaved):  # resumed a finished run, or the budget stopped it in between
+    last_eval = evaluate_local(exp, predict, server_state, client_states)
   if privacy_stop and rounds_done % config.checkpoint.every:
     final = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
     final.save(rounds_done, experiment.state_tree(server_state, client_states), record)
@@ -295,9 +332,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              "class_names": list(exp.meta.get("class_names", []))}
   if exp.dp is not None:
     summary["privacy"] = {**privacy_record(exp, rounds_done), "stopped_by_budget": bool(privacy_stop)}
+  if jax.process_count() > 1:
+    summary["num_processes"] = jax.process_count()
+  if not lead:
+    _sync("fedjax_med:done")
+    return summary
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
     json.dump(to_python(summary), f, indent=1)
   save_global_variables(workdir, exp.algorithm.eval_variables(server_state, None))
   print(summary_table(last_eval, f"Final evaluation on {config.data.name}/{config.data.eval_split} "
                       f"after {rounds_done} rounds ({strategy}):"))
+  _sync("fedjax_med:done")
   return summary

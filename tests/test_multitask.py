@@ -47,6 +47,11 @@ def test_modes_train_and_report_both_tasks(arg, tmp_path):
   assert ("ssl" in trained) == arg.startswith("multimix") and ("dice_loss" in trained) != arg.startswith("enc")
   if arg.endswith("fed"):
     assert summary["num_clients"] == 3
+  if arg.startswith("multimix"):
+    from fedjax_med import plot
+
+    assert plot.main([str(tmp_path / "run"), "--saliency", "2"]) == 0
+    assert (tmp_path / "run" / "saliency.png").stat().st_size > 0
 
 
 def two_datasets(seg_count=6, cls_count=8, size=8):

@@ -4,24 +4,29 @@
   FEDJAX_MED_COORDINATOR=10.0.0.1:1234 FEDJAX_MED_NUM_PROCESSES=2 FEDJAX_MED_PROCESS_ID=1 python ...   # host 1
 
 ``initialize`` calls ``jax.distributed.initialize`` (before any JAX computation); on CPU it selects the gloo
-collectives. Every process then builds the same experiment and calls the same ``RoundRunner(strategy=
-'sharded')``: the client axis is split over all processes' devices and the aggregation is a cross-host
-reduction; each process receives the replicated new global state. Worked example (every host runs it)::
+collectives. ``python main.py`` does it when the three variables are set; every process then runs ``train.run``
+with the same config and data: the client axis is split over all processes' devices (strategy ``sharded``) and
+the aggregation is a cross-host reduction; each process receives the replicated new global state. Process 0
+alone writes the metrics, results and final model and evaluates; all processes write and read the orbax
+checkpoints, so the workdir must be on a filesystem every host sees (NFS, a bucket mount). Worked example, two
+hosts with 4 GPUs each::
+
+  # host 0 (10.0.0.1)                                  # host 1
+  export FEDJAX_MED_COORDINATOR=10.0.0.1:1234          export FEDJAX_MED_COORDINATOR=10.0.0.1:1234
+  export FEDJAX_MED_NUM_PROCESSES=2                    export FEDJAX_MED_NUM_PROCESSES=2
+  export FEDJAX_MED_PROCESS_ID=0                       export FEDJAX_MED_PROCESS_ID=1
+  python main.py --config configs/fedirm.py --workdir /shared/runs/fedirm   # the same command on both
+
+The same from Python (a notebook per host)::
 
   from fedjax_med.engine import distributed
   distributed.initialize(*distributed.settings_from_env())
-  from fedjax_med import experiment, train
-  from fedjax_med.engine import execution
-  exp = experiment.build(config)                      # same config (and data) on every host
-  server, clients = experiment.initial_state(exp)
-  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sharded", unroll=1,
-                                 weighting=config.aggregation.weighting)
-  for r in range(config.num_rounds):
-    server, clients, report = runner(server, clients, exp.data, train.selection_for(exp, r))
+  from fedjax_med import train
+  train.run(config, "/shared/runs/fedirm")
 
-tests/engine/test_sharding.py runs it with two processes of two CPU devices each on 127.0.0.1 and gets the
-single-process result. Not yet: ``train.run`` (logs, checkpoints, evaluation) with several processes, and
-per-host client data (every host loads every client's data here).
+tests/engine/test_sharding.py runs ``main.py`` as two processes of two CPU devices each on 127.0.0.1 and gets the
+single-process result (and the engine alone likewise). Not yet: per-host client data (every host loads every
+client's data here).
 """
 
 from __future__ import annotations
