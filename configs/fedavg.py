@@ -128,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.execution.calibration_steps = 2  # local steps of the shortened rounds auto measures
   config.execution.calibration_clients = 2  # per cohort, in the shortened rounds
   config.execution.calibration_repeats = 2
+  config.execution.compilation_cache = "~/.cache/fedjax_med/xla"  # XLA's persistent compilation cache ("" = off):
+  # reruns, resumed runs and other seeds of a config load their compiled programs instead of compiling them again
+  config.execution.compilation_cache_min_seconds = 0.5  # programs compiled faster than this are not stored
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 5  # rounds

@@ -246,6 +246,21 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def use_compilation_cache(path: str, min_compile_seconds: float = 0.5) -> None:
+  """Points XLA's persistent compilation cache at ``path`` ("" = leave JAX's setting alone): a later run of the
+  same programs (another seed, a resumed run, a rerun) loads them instead of compiling them again. Programs that
+  compiled in less than ``min_compile_seconds`` are not stored."""
+  if not path:
+    return
+  from jax.experimental.compilation_cache import compilation_cache
+
+  path = os.path.abspath(os.path.expanduser(path))
+  if jax.config.jax_compilation_cache_dir != path:
+    compilation_cache.reset_cache()  # the cache is set up once per process, at the first compile
+    compilation_cache.set_cache_dir(path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the final summary.
 
@@ -258,6 +273,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # Set up: validate, build, workdir.
   lead = jax.process_index() == 0
   config_lib.validate(config)
+  use_compilation_cache(config.execution.compilation_cache, config.execution.compilation_cache_min_seconds)
   exp = experiment.build(config)
   if exp.meta.get("synthetic") and lead:
     log.warning("DATA IS SYNTHETIC: the embedded default dataset (%s), not real images", exp.meta["source"])

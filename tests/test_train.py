@@ -143,3 +143,32 @@ def test_auto_measures_the_candidates_records_the_pick_and_keeps_it_on_resume(tm
   caplog.clear()
   resumed = train.run(tiny_config(num_rounds=3, execution__strategy="auto"), str(tmp_path))
   assert resumed["strategy"] == summary["strategy"] and "auto picked" not in caplog.text  # no new calibration
+
+
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
+  import glob
+
+  import jax
+
+  from fedjax_med import train
+  from tests.conftest import tiny_config
+
+  previous = jax.config.jax_compilation_cache_dir
+  try:
+    config = tiny_config(num_rounds=1)
+    config.execution.compilation_cache = str(tmp_path / "cache")
+    config.execution.compilation_cache_min_seconds = 0.0  # store every program, however fast its compile was
+    train.run(config, str(tmp_path / "first"))
+    written = sorted(glob.glob(str(tmp_path / "cache" / "*")))
+    assert written  # the round and evaluation programs were stored
+    hits = []
+    listener = lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
+    jax.monitoring.register_event_listener(listener)
+    try:
+      train.run(config, str(tmp_path / "second"))  # new jitted functions, the same programs: read back
+    finally:
+      jax.monitoring.unregister_event_listener(listener)
+    assert len(hits) >= 2  # at least the round and the evaluation
+    assert sorted(glob.glob(str(tmp_path / "cache" / "*"))) == written  # nothing new stored
+  finally:
+    train.use_compilation_cache(previous or "", 0.5)
