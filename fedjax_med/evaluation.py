@@ -74,6 +74,8 @@ def segmentation_report(probs: np.ndarray, dataset: PreparedDataset, hd95: bool 
   if hd95:  # per image (2-D, pixels), as FedICRA's evaluation; a class absent from both masks counts 0
     distances = metrics.hd95_per_class(pred, masks, num_classes)
     report["hd95"] = float(np.nanmean(distances)) if np.isfinite(distances).any() else float("nan")
+    # a class in only one of prediction / ground truth has no distance: left out of hd95, counted here
+    report["hd95_undefined_fraction"] = float(np.isnan(distances).mean())
     if num_classes > 2:
       for c in range(num_classes - 1):
         column = distances[:, c]

@@ -37,6 +37,6 @@ def test_notebook_runs(name, monkeypatch, tmp_path):
       assert os.path.exists(os.path.join(namespace["runs"][mode], "results.json"))
     assert os.path.getsize(namespace["weak"]) > 5000 and os.path.getsize(namespace["predictions"]) > 5000
   if name == "multimix_quickstart.ipynb":
-    for arg in ("umtl,20,6", "multimix,20,6", "multimix,20,6,fed"):
+    for arg in ("multimix,20,6", "multimix,20,6,fed"):
       assert os.path.exists(os.path.join(namespace["runs"][arg], "results.json"))
     assert os.path.getsize(namespace["saliency"]) > 5000
