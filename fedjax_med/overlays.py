@@ -164,9 +164,20 @@ def plot_weak_labels(config: ml_collections.ConfigDict, path: str, count: int = 
   return path
 
 
+def _typical_lesions(masks: np.ndarray, count: int, low: float = 0.1, high: float = 0.6) -> np.ndarray:
+  """``count`` rows evenly spread over those whose foreground covers ``low``-``high`` of the image (all rows if
+  too few do): a lesion with background around it, where a saliency map can be read."""
+  fraction = (masks > 0).reshape(len(masks), -1).mean(1)
+  candidates = np.flatnonzero((fraction >= low) & (fraction <= high))
+  if len(candidates) < count:
+    candidates = np.arange(len(masks))
+  return candidates[np.linspace(0, len(candidates) - 1, min(count, len(candidates))).astype(int)]
+
+
 def plot_saliency(workdir: str, path: str, count: int = 6) -> str:
-  """For a multitask run: ``count`` test images (the most foreground first) with ``|d top logit / d x|`` (the
-  saliency bridge's input, normalised per image), the true / predicted class and the true / predicted mask."""
+  """For a multitask run: ``count`` test images (lesions covering 10-60 % of the image, spread over the split)
+  with ``|d top logit / d x|`` (the saliency bridge's input, normalised per image), the true / predicted class
+  and the true / predicted mask."""
   from fedjax_med.data.pipeline import normalize
   from fedjax_med.models.multimix import saliency
 
@@ -176,7 +187,7 @@ def plot_saliency(workdir: str, path: str, count: int = 6) -> str:
   exp = experiment.build(config)
   data, variables = exp.eval_dataset, final_variables(workdir)
   images, masks = data.arrays["images"], data.arrays["masks"]
-  chosen = _most_foreground(masks, np.ones(len(masks), bool), count)
+  chosen = _typical_lesions(masks, count)
   x = normalize(images[chosen], tuple(config.data.mean), tuple(config.data.std))
   sal = np.asarray(saliency(exp.model, variables, x))[..., 0]
   class_probs = np.asarray(exp.task.predict_fn(variables, x))
