@@ -64,15 +64,34 @@ def _load(path: str, keys: list[str]) -> dict[str, np.ndarray]:
     raise DatasetError(f"{path} cannot be read as npz: {type(e).__name__}: {e}") from e
 
 
+def per_group_mode(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, int]:
+  """Each row's value replaced by its group's most frequent one (ties: the smallest), so that a group never
+  spans two values; and the number of groups that had more than one value."""
+  out = values.copy()
+  _, inverse = np.unique(group, return_inverse=True)
+  conflicts = 0
+  for g in np.flatnonzero(np.bincount(inverse) > 1):
+    rows = inverse == g
+    names, counts = np.unique(values[rows], return_counts=True)
+    if len(names) > 1:
+      conflicts += 1
+      out[rows] = names[np.argmax(counts)]
+  return out, conflicts
+
+
 def ham10000(path: str, seed: int = 0) -> PreparedDataset:
   """``ham10000_64.npz``: its lesion-grouped 70/10/20 split is kept (``seed`` is unused)."""
   del seed
   d = _load(path, ["images", "labels", "masks", "split", "lesion_id", "localization"])
+  group = d["lesion_id"].astype(str)
+  site, conflicts = per_group_mode(d["localization"].astype(str), group)
   arrays = {"images": d["images"], "labels": d["labels"].astype(np.int32), "masks": d["masks"],
-            "group": d["lesion_id"].astype(str), "site": d["localization"].astype(str), "split": d["split"].astype(str)}
+            "group": group, "site": site, "split": d["split"].astype(str)}
   meta = {"name": "ham10000", "num_classes": len(HAM_CLASSES), "class_names": list(HAM_CLASSES),
           "num_mask_classes": 2, "mask_names": ["background", "lesion"], "ignore_index": None, "source": path,
-          "groups": "lesion_id", "sites": "localization column"}
+          "groups": "lesion_id",
+          "sites": f"localization column, per lesion its most frequent value ({conflicts} lesions had images "
+                   "recorded at different locations)"}
   return PreparedDataset(arrays, meta)
 
 

@@ -442,3 +442,14 @@ def test_compact_pneumoniamnist(real_root):
   validate(pneumonia.arrays)
   assert [len(pneumonia.split(s)) for s in ("train", "val", "test")] == [4708, 524, 624]
   assert pneumonia.arrays["images"].shape[1:] == (28, 28, 1) and pneumonia.meta["class_names"][1] == "pneumonia"
+
+
+def test_per_group_mode_gives_each_group_one_value():
+  import numpy as np
+
+  from fedjax_med.data.compact import per_group_mode
+
+  values = np.array(["back", "face", "back", "trunk", "trunk", "face"])
+  group = np.array(["a", "a", "a", "b", "b", "c"])
+  out, conflicts = per_group_mode(values, group)
+  assert out.tolist() == ["back", "back", "back", "trunk", "trunk", "face"] and conflicts == 1
