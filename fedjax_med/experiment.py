@@ -180,8 +180,8 @@ def dp_config(config: ml_collections.ConfigDict, num_clients: int) -> privacy.DP
   return dp
 
 
-def with_cls_source(config: ml_collections.ConfigDict, train: PreparedDataset,
-                    meta: dict) -> tuple[PreparedDataset, PreparedDataset, dict]:
+def with_cls_source(config: ml_collections.ConfigDict,
+                    train: PreparedDataset) -> tuple[PreparedDataset, PreparedDataset, dict]:
   """Multitask training rows with ``data.cls_source``'s images as the classification streams (resized to the
   segmentation images, same channels), its evaluation split, and the merged meta."""
   src = config.data.cls_source
@@ -191,7 +191,7 @@ def with_cls_source(config: ml_collections.ConfigDict, train: PreparedDataset,
   cls_data = load_dataset(src.name, src.root)
   height, width, channels = train.arrays["images"].shape[1:]
   images = cls_data.arrays["images"]
-  if images.shape[-1] != channels:  # grey <-> the one configured channel: take the mean, or repeat grey
+  if images.shape[-1] != channels:  # RGB -> grey by the channel mean; grey -> RGB by repeating it
     images = images.mean(-1, keepdims=True).round().astype(np.uint8) if channels == 1 else \
         np.repeat(images[..., :1], channels, axis=-1)
   cls_data = PreparedDataset({**cls_data.arrays, "images": resize.resize_images(images, (height, width))},
@@ -218,7 +218,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
       train = volumes.to_volumes(train, config.data.num_partitions)
     if config.data.batch_mode == "multitask" and config.data.cls_source.name:
-      train, cls_eval_dataset, meta = with_cls_source(config, train, meta)
+      train, cls_eval_dataset, meta = with_cls_source(config, train)
     elif config.data.batch_mode == "multitask":  # label budgets drawn once, before the clients are formed
       train = budgets.apply_budgets(train, config.data.class_budget, config.data.mask_budget, config.seed)
     clients = client_datasets(train, config.partition, config.seed, tuple(config.data.weak_forms),
