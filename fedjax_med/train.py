@@ -165,8 +165,11 @@ def evaluate(exp: experiment.Experiment, predict, server_state, client_states=No
 
 
 def evaluate_local(exp: experiment.Experiment, predict, server_state, client_states) -> dict[str, Any]:
-  """:func:`evaluate` on this process's copy of the (replicated) states: no other process takes part."""
-  return evaluate(exp, predict, jax.device_get(server_state), jax.device_get(client_states))
+  """:func:`evaluate`; in a multi-process run on this process's copy of the (replicated) states, so that no other
+  process takes part (one process: the states stay on the device)."""
+  if jax.process_count() > 1:
+    server_state, client_states = jax.device_get((server_state, client_states))
+  return evaluate(exp, predict, server_state, client_states)
 
 
 def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
