@@ -167,8 +167,9 @@ def evaluate(exp: experiment.Experiment, predict, server_state, client_states=No
 def evaluate_local(exp: experiment.Experiment, predict, server_state, client_states) -> dict[str, Any]:
   """:func:`evaluate`; in a multi-process run on this process's copy of the (replicated) states, so that no other
   process takes part (one process: the states stay on the device)."""
-  if jax.process_count() > 1:
-    server_state, client_states = jax.device_get((server_state, client_states))
+  if jax.process_count() > 1:  # replicated -> one local device, once (not per evaluation batch)
+    server_state, client_states = jax.device_put(jax.device_get((server_state, client_states)),
+                                                 jax.local_devices()[0])
   return evaluate(exp, predict, server_state, client_states)
 
 
