@@ -415,6 +415,16 @@ def test_compact_ham10000(real_ham):
   assert real_ham.meta["class_names"][0] == "akiec" and "trunk" in set(real_ham.arrays["site"])
 
 
+def test_compact_ham10000_splits_by_body_location_with_each_lesion_at_one_site(real_ham):
+  from configs.multimix_ham10000 import SITES
+  from fedjax_med.data import partition
+
+  train = real_ham.split("train")
+  client_of_row = partition.by_column(train.arrays["site"], train.arrays["group"], SITES)  # raised before the fix
+  assert (client_of_row >= 0).all() and len(np.unique(client_of_row)) == len(SITES)
+  assert "2 lesions" in real_ham.meta["sites"]
+
+
 def test_compact_drive(real_root):
   drive = load_compact("drive", os.path.join(real_root, "drive", "drive.npz"))
   validate(drive.arrays)
