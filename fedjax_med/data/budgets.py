@@ -29,15 +29,21 @@ def _chosen(count: int, budget: int, rng: np.random.Generator, what: str) -> np.
   return keep
 
 
+def _class_rows(labels: np.ndarray, class_budget: int, rng: np.random.Generator) -> np.ndarray:
+  """Boolean [N]: the ``class_budget`` rows (among those with a label) that keep their class label."""
+  labeled = labels >= 0
+  keep = np.zeros(len(labels), bool)
+  keep[np.flatnonzero(labeled)[_chosen(int(labeled.sum()), class_budget, rng, "class_budget")]] = True
+  return keep
+
+
 def apply_budgets(train: PreparedDataset, class_budget: int, mask_budget: int, seed: int) -> PreparedDataset:
   """``train`` with labels hidden outside the class budget and ``cls_labeled`` / ``seg_labeled`` flags."""
   for key in ("labels", "masks"):
     if not train.has(key):
       raise DatasetError(f"multi-task budgets need '{key}' in the training data; it has {sorted(train.arrays)}")
   rng = np.random.default_rng(np.random.SeedSequence([seed, 2021]))
-  labeled = train.arrays["labels"] >= 0
-  cls = np.zeros(len(train), bool)
-  cls[np.flatnonzero(labeled)[_chosen(int(labeled.sum()), class_budget, rng, "class_budget")]] = True
+  cls = _class_rows(train.arrays["labels"], class_budget, rng)
   seg = _chosen(len(train), mask_budget, rng, "mask_budget")
   arrays = dict(train.arrays)
   arrays["labels"] = np.where(cls, arrays["labels"], -1).astype(np.int32)
@@ -65,9 +71,7 @@ def with_classification_stream(seg_train: PreparedDataset, cls_train: PreparedDa
                        f"{cls_shape}")
   rng = np.random.default_rng(np.random.SeedSequence([seed, 2021]))
   seg = _chosen(len(seg_train), mask_budget, rng, "mask_budget")
-  labeled = cls_train.arrays["labels"] >= 0
-  cls = np.zeros(len(cls_train), bool)
-  cls[np.flatnonzero(labeled)[_chosen(int(labeled.sum()), class_budget, rng, "class_budget")]] = True
+  cls = _class_rows(cls_train.arrays["labels"], class_budget, rng)
   n_seg, n_cls = len(seg_train), len(cls_train)
   zeros = lambda n: np.zeros(n, np.uint8)
   a, b = seg_train.arrays, cls_train.arrays
