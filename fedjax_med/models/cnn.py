@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_med.models import pooling
+
 
 class SmallCNN(nn.Module):
   """conv3x3-[BN]-ReLU-maxpool per width, global average pool, Dense-ReLU features, dropout + Dense head.
@@ -37,7 +39,7 @@ class SmallCNN(nn.Module):
       x = conv(x)
       if self.norms:
         x = self.norms[i](x, use_running_average=not train)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = pooling.max_pool_blocks(nn.relu(x))
     return nn.relu(self.hidden(jnp.mean(x, axis=(1, 2))))
 
   def classify(self, features: jax.Array, *, train: bool) -> jax.Array:

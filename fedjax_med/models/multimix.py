@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_med.models import pooling
+
 
 class DoubleConv(nn.Module):
   features: int
@@ -57,8 +59,8 @@ class MultiMixNet(nn.Module):
       x = block(x, train=train)
       if i < len(self.down) - 1:
         skips.append(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    pooled = jnp.mean(nn.max_pool(x, (2, 2), strides=(2, 2)), axis=(1, 2))
+        x = pooling.max_pool_blocks(x)
+    pooled = jnp.mean(pooling.max_pool_blocks(x), axis=(1, 2))
     return skips, x, pooled
 
   def classify(self, x: jax.Array, *, train: bool) -> jax.Array:

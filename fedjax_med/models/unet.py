@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_med.models import pooling
+
 NORMS = ("batch", "instance", "group", "none")
 UPSAMPLING = ("transpose", "bilinear")
 
@@ -81,7 +83,7 @@ class UNet(nn.Module):
     for i in range(len(self.widths) - 1):
       x = block(i, f"down{i}")(x, train=train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = pooling.max_pool_blocks(x)
     x = features = block(len(self.widths) - 1, "bottleneck")(x, train=train)
     for i in reversed(range(len(self.widths) - 1)):
       if self.upsample == "transpose":
@@ -116,7 +118,7 @@ class UNetEncoderProjector(nn.Module):
     block = lambda i, name: ConvBlock(self.widths[i], self.norm, self.group_norm_groups, 0.0, self.bn_momentum,
                                       name=name)
     for i in range(len(self.widths) - 1):
-      x = nn.max_pool(block(i, f"down{i}")(x, train=train), (2, 2), strides=(2, 2))
+      x = pooling.max_pool_blocks(block(i, f"down{i}")(x, train=train))
     pooled = jnp.mean(block(len(self.widths) - 1, "bottleneck")(x, train=train), axis=(1, 2))
     hidden = nn.relu(nn.Dense(self.hidden or self.widths[-1], name="proj_hidden")(pooled))
     return {"projection": nn.Dense(self.projection_dim, name="proj_out")(hidden), "features": pooled}

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_med.models import pooling
 from fedjax_med.models.unet import ConvBlock, UNet
 
 
@@ -94,7 +95,7 @@ class UNetPCS(nn.Module):
       x = ConvBlock(self.widths[i], self.norm, self.group_norm_groups, rates[i], self.bn_momentum,
                     name=f"down{i}")(x, train=train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = pooling.max_pool_blocks(x)
     x = ConvBlock(self.widths[-1], self.norm, self.group_norm_groups, rates[-1], self.bn_momentum,
                   name="bottleneck")(x, train=train)
     pcs = ChannelSelection(self.num_sites, self.widths[-1], self.pcs_reduction, name="pcs")
