@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_med.models import pooling
+from fedjax_med.models import layers
 
 
 class SmallCNN(nn.Module):
@@ -39,7 +39,7 @@ class SmallCNN(nn.Module):
       x = conv(x)
       if self.norms:
         x = self.norms[i](x, use_running_average=not train)
-      x = pooling.max_pool_blocks(nn.relu(x))
+      x = layers.max_pool_blocks(nn.relu(x))
     return nn.relu(self.hidden(jnp.mean(x, axis=(1, 2))))
 
   def classify(self, features: jax.Array, *, train: bool) -> jax.Array:

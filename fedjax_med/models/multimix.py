@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_med.models import pooling
+from fedjax_med.models import layers
 
 
 class DoubleConv(nn.Module):
@@ -59,8 +59,8 @@ class MultiMixNet(nn.Module):
       x = block(x, train=train)
       if i < len(self.down) - 1:
         skips.append(x)
-        x = pooling.max_pool_blocks(x)
-    pooled = jnp.mean(pooling.max_pool_blocks(x), axis=(1, 2))
+        x = layers.max_pool_blocks(x)
+    pooled = jnp.mean(layers.max_pool_blocks(x), axis=(1, 2))
     return skips, x, pooled
 
   def classify(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_med.models import pooling
+from fedjax_med.models import layers
 
 NORMS = ("batch", "instance", "group", "none")
 UPSAMPLING = ("transpose", "bilinear")
@@ -83,11 +83,11 @@ class UNet(nn.Module):
     for i in range(len(self.widths) - 1):
       x = block(i, f"down{i}")(x, train=train)
       skips.append(x)
-      x = pooling.max_pool_blocks(x)
+      x = layers.max_pool_blocks(x)
     x = features = block(len(self.widths) - 1, "bottleneck")(x, train=train)
     for i in reversed(range(len(self.widths) - 1)):
       if self.upsample == "transpose":
-        x = nn.ConvTranspose(self.widths[i], (2, 2), strides=(2, 2), name=f"up{i}")(x)
+        x = layers.BlockConvTranspose(self.widths[i], (2, 2), name=f"up{i}")(x)
       else:
         b, h, w, c = x.shape
         x = nn.Conv(self.widths[i], (1, 1), name=f"up{i}")(jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear"))
@@ -118,7 +118,7 @@ class UNetEncoderProjector(nn.Module):
     block = lambda i, name: ConvBlock(self.widths[i], self.norm, self.group_norm_groups, 0.0, self.bn_momentum,
                                       name=name)
     for i in range(len(self.widths) - 1):
-      x = pooling.max_pool_blocks(block(i, f"down{i}")(x, train=train))
+      x = layers.max_pool_blocks(block(i, f"down{i}")(x, train=train))
     pooled = jnp.mean(block(len(self.widths) - 1, "bottleneck")(x, train=train), axis=(1, 2))
     hidden = nn.relu(nn.Dense(self.hidden or self.widths[-1], name="proj_hidden")(pooled))
     return {"projection": nn.Dense(self.projection_dim, name="proj_out")(hidden), "features": pooled}

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_med.models import pooling
+from fedjax_med.models import layers
 from fedjax_med.models.unet import ConvBlock, UNet
 
 
@@ -95,7 +95,7 @@ class UNetPCS(nn.Module):
       x = ConvBlock(self.widths[i], self.norm, self.group_norm_groups, rates[i], self.bn_momentum,
                     name=f"down{i}")(x, train=train)
       skips.append(x)
-      x = pooling.max_pool_blocks(x)
+      x = layers.max_pool_blocks(x)
     x = ConvBlock(self.widths[-1], self.norm, self.group_norm_groups, rates[-1], self.bn_momentum,
                   name="bottleneck")(x, train=train)
     pcs = ChannelSelection(self.num_sites, self.widths[-1], self.pcs_reduction, name="pcs")
@@ -106,7 +106,7 @@ class UNetPCS(nn.Module):
     x = features = x * gate[:, None, None, :] + x
     aux = []
     for i in reversed(range(len(self.widths) - 1)):
-      x = nn.ConvTranspose(self.widths[i], (2, 2), strides=(2, 2), name=f"up{i}")(x)
+      x = layers.BlockConvTranspose(self.widths[i], (2, 2), name=f"up{i}")(x)
       x = ConvBlock(self.widths[i], self.norm, self.group_norm_groups, 0.0, self.bn_momentum,
                     name=f"dec{i}")(jnp.concatenate([skips[i], x], axis=-1), train=train)
       if i < self.num_aux:  # the last num_aux decoder stages
