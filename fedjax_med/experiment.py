@@ -269,12 +269,18 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:
   """Server state and every client's persistent state, from the config seed."""
   _, key_run = jax.random.split(jax.random.PRNGKey(exp.config.seed))
-  server_state = exp.algorithm.init(exp.variables, key_run)
-  client_states = {}
-  for name, ids in exp.cohorts.items():
-    spec = exp.algorithm.cohorts[name]
-    per_client = [spec.client_init(exp.variables, jax.random.fold_in(key_run, i)) for i in ids]
-    client_states[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_client)
+
+  @jax.jit  # one program: run eagerly, every op and every per-leaf stack compiles on its own
+  def states(variables, key_run):
+    server_state = exp.algorithm.init(variables, key_run)
+    client_states = {}
+    for name, ids in exp.cohorts.items():
+      spec = exp.algorithm.cohorts[name]
+      per_client = [spec.client_init(variables, jax.random.fold_in(key_run, i)) for i in ids]
+      client_states[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_client)
+    return server_state, client_states
+
+  server_state, client_states = states(exp.variables, key_run)
   return strongly_typed(server_state), strongly_typed(client_states)
 
 

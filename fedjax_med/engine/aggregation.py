@@ -56,10 +56,27 @@ def pooled_mean(results: Mapping[str, ClientResults], key: str) -> tuple[PyTree,
   return jax.tree.map(lambda s: s / safe.astype(s.dtype), sums), total
 
 
+FINITE_CHECK_LEAVES = 64  # leaves checked by one reduction (see is_finite)
+
+
 def is_finite(tree: PyTree) -> jax.Array:
-  """Per client, whether every leaf is finite: bool ``[num_clients]``."""
-  flags = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(flags), axis=0) if flags else jnp.ones((), bool)
+  """Per client, whether every leaf is finite: bool ``[num_clients]`` (a scalar True for a tree without leaves).
+
+  Integer and bool leaves are always finite. The floating leaves are checked ``FINITE_CHECK_LEAVES`` at a time,
+  concatenated along their flattened axis: one reduction per leaf made XLA:CPU compile FedIRM's DenseNet-121 round
+  end (3,000 leaves) for 33 s longer.
+  """
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.ones((), bool)
+  floats = [leaf.reshape(leaf.shape[0], -1) for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  flags = [jnp.ones((leaves[0].shape[0],), bool)]
+  for dtype in sorted({leaf.dtype for leaf in floats}, key=str):
+    group = [leaf for leaf in floats if leaf.dtype == dtype]
+    for start in range(0, len(group), FINITE_CHECK_LEAVES):
+      chunk = jnp.concatenate(group[start:start + FINITE_CHECK_LEAVES], axis=1)
+      flags.append(jnp.all(jnp.isfinite(chunk), axis=1))
+  return jnp.all(jnp.stack(flags), axis=0)
 
 
 def server_optimizer(name: str, learning_rate: float, momentum: float = 0.0, b1: float = 0.9, b2: float = 0.99,

@@ -85,6 +85,26 @@ def test_weighted_mean_ignores_zero_weight_nan_clients():
   np.testing.assert_allclose(aggregation.weighted_mean(tree, jnp.zeros(3))["w"], [0.0, 0.0])
 
 
+def test_is_finite_on_a_wide_mixed_tree_equals_a_leaf_by_leaf_check():
+  # more leaves than one chunk of the check, float32 / float16 / int / bool leaves, one bad value in a late leaf
+  rng = np.random.default_rng(0)
+  tree = {f"f{i}": rng.normal(size=(4, i % 3 + 1, 2)).astype(np.float32) for i in range(150)}
+  tree.update(h=rng.normal(size=(4, 5)).astype(np.float16), n=np.arange(8).reshape(4, 2), b=np.ones((4, 1), bool))
+  tree["f131"][2, 0, 1] = np.inf
+  tree["h"][3, 4] = np.nan
+  expected = [all(np.isfinite(leaf[c]).all() for leaf in tree.values()) for c in range(4)]
+  assert expected == [True, True, False, False]
+  np.testing.assert_array_equal(aggregation.is_finite(jax.tree.map(jnp.asarray, tree)), expected)
+
+
+def test_scatter_finite_writes_only_finite_participants():
+  old = {"a": jnp.zeros((5, 2)), "b": jnp.zeros((5,), jnp.int32)}
+  new = {"a": jnp.ones((3, 2)) * jnp.array([1.0, 2.0, 3.0])[:, None], "b": jnp.array([7, 8, 9], jnp.int32)}
+  out = execution._scatter_finite(old, new, jnp.array([4, 0, 2]), jnp.array([True, False, True]))
+  np.testing.assert_array_equal(out["a"][:, 0], [0.0, 0.0, 3.0, 0.0, 1.0])  # client 0 was not finite: kept
+  np.testing.assert_array_equal(out["b"], [0, 0, 9, 0, 7])
+
+
 def test_non_finite_client_is_left_out_and_reported():
   algorithm, data, plans, batch_fns, server, clients = _setup()
   arrays = dict(data["clients"].arrays)
