@@ -29,7 +29,7 @@ class SmallCNN(nn.Module):
       raise ValueError(f"SmallCNN `norm` must be 'none' or 'batch'; got {self.norm!r}")
     # A bias before batch norm has no gradient but float noise, which Adam scales up to lr-sized steps.
     self.convs = [nn.Conv(w, (3, 3), use_bias=self.norm == "none") for w in self.widths]
-    self.norms = [nn.BatchNorm(momentum=self.bn_momentum) for _ in self.widths] if self.norm == "batch" else []
+    self.norms = [layers.BatchNorm(momentum=self.bn_momentum) for _ in self.widths] if self.norm == "batch" else []
     self.hidden = nn.Dense(self.dense)
     self.drop = nn.Dropout(self.dropout)
     self.out = nn.Dense(self.num_classes)

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_med.models import layers
+
 STEMS = ("imagenet", "small")
 
 
@@ -20,9 +22,9 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train):
-    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+    y = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False)(y)
-    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(y))
+    y = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(y))
     y = nn.Conv(self.growth_rate, (3, 3), use_bias=False)(y)
     return jnp.concatenate([x, y], axis=-1)
 
@@ -35,7 +37,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train):
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -69,7 +71,7 @@ class DenseNet(nn.Module):
   def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if self.stem == "imagenet":
       x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+      x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = nn.Conv(self.num_init_features, (3, 3), use_bias=False)(x)
@@ -81,7 +83,7 @@ class DenseNet(nn.Module):
       if i != len(self.block_config) - 1:
         features //= 2
         x = Transition(features, self.bn_momentum)(x, train=train)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     return jnp.mean(x, axis=(1, 2))
 
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:

@@ -55,3 +55,68 @@ class BlockConvTranspose(nn.Module):
     blocks = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel[::-1, ::-1])
     b, h, _, w, _, o = blocks.shape
     return blocks.reshape(b, h * kh, w * kw, o) + bias
+
+
+def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and biased variance over every axis but the last, as flax's fast variance: E[x^2] - E[x]^2."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  return mean, jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+
+
+def _batch_norm_forward(x, scale, bias, epsilon):
+  mean, var = _moments(x)
+  inv = jax.lax.rsqrt(var + epsilon)
+  return (x - mean) * (inv * scale) + bias, mean, var, inv
+
+
+@jax.custom_vjp
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+  """Training-mode batch norm of ``x [..., C]`` over all axes but the last -> ``(y, batch mean [C], batch var [C])``."""
+  return _batch_norm_forward(x, scale, bias, epsilon)[:3]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+  y, mean, var, inv = _batch_norm_forward(x, scale, bias, epsilon)
+  return (y, mean, var), (x, scale, mean, inv)
+
+
+def _batch_norm_bwd(residuals, cotangents):
+  x, scale, mean, inv = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  centred = x - mean
+  xhat = centred * inv
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * xhat, axes)
+  # dL/dx through y (the textbook form) plus through the batch mean and variance, if anything used them
+  dx = (scale * inv) * (dy - dbias / n - xhat * (dscale / n)) + dmean / n + dvar * (2.0 / n) * centred
+  return dx, dscale, dbias, None
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+class BatchNorm(nn.Module):
+  """Drop-in for ``flax.linen.BatchNorm`` over the last axis, with the closed-form training-mode gradient."""
+
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param("scale", nn.initializers.ones, features)
+    bias = self.param("bias", nn.initializers.zeros, features)
+    if use_running_average:
+      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y

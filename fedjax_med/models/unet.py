@@ -25,7 +25,7 @@ class ConvBlock(nn.Module):
 
   def _norm(self, x, train):
     if self.norm == "batch":
-      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+      return layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
     if self.norm == "instance":
       return nn.GroupNorm(num_groups=None, group_size=1)(x)
     if self.norm == "group":

@@ -58,7 +58,7 @@ class AuxHead(nn.Module):
   @nn.compact
   def __call__(self, x, *, train):
     x = nn.Conv(self.width, (3, 3), use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
     x = nn.Dropout(self.dropout, broadcast_dims=(1, 2))(x, deterministic=not train)
     return nn.Conv(self.num_classes, (1, 1), use_bias=False)(x)
 

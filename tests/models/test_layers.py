@@ -48,3 +48,42 @@ def test_block_conv_transpose_equals_flax_conv_transpose(size):
   for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
                   jax.tree.leaves(jax.grad(loss(flax), argnums=(0, 1))(params, x)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _batch_norms(momentum=0.9):
+  return layers.BatchNorm(momentum=momentum), nn.BatchNorm(momentum=momentum)
+
+
+def test_batch_norm_equals_flax_batch_norm_in_both_modes():
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(6), (4, 5, 6, 3))
+  ours, flax = _batch_norms()
+  variables = ours.init(jax.random.PRNGKey(7), x, use_running_average=False)
+  jax.tree.map(np.testing.assert_array_equal, variables, flax.init(jax.random.PRNGKey(7), x, use_running_average=False))
+  variables = {"params": jax.tree.map(lambda p: p + jax.random.uniform(jax.random.PRNGKey(8), p.shape),
+                                      variables["params"]), "batch_stats": variables["batch_stats"]}
+  y_ours, stats_ours = ours.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+  y_flax, stats_flax = flax.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+  np.testing.assert_allclose(y_ours, y_flax, rtol=1e-6, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), stats_ours, stats_flax)
+  np.testing.assert_allclose(ours.apply({**variables, **stats_ours}, x, use_running_average=True),
+                             flax.apply({**variables, **stats_flax}, x, use_running_average=True), rtol=1e-6, atol=1e-6)
+
+
+def test_batch_norm_gradient_equals_flax_through_outputs_and_running_statistics():
+  x = 1.0 + jax.random.normal(jax.random.PRNGKey(9), (3, 4, 4, 5))
+  cotangent = jax.random.normal(jax.random.PRNGKey(10), x.shape)
+  weights = jax.random.normal(jax.random.PRNGKey(11), (2, 5))
+
+  def loss(module):
+    def f(params, x):
+      y, stats = module.apply({"params": params, "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)}}, x,
+                              use_running_average=False, mutable=["batch_stats"])
+      s = stats["batch_stats"]  # a loss on the updated running statistics exercises their cotangents too
+      return jnp.sum(y * cotangent) + jnp.sum(weights[0] * s["mean"]) + jnp.sum(weights[1] * s["var"])
+    return f
+
+  ours, flax = _batch_norms()
+  params = {"scale": jnp.linspace(0.5, 1.5, 5), "bias": jnp.linspace(-1, 1, 5)}
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(flax), argnums=(0, 1))(params, x)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
