@@ -119,7 +119,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.deploy = ml_collections.ConfigDict()
   config.deploy.min_clients = 2  # a round needs this many replies, else the server stops (checkpoint kept)
   config.deploy.round_timeout = 600.0  # s the server waits for the sites' replies in a round
-  config.deploy.connect_timeout = 120.0  # s the server waits for min_clients sites to connect
+  config.deploy.start_sites = 0  # sites to wait for before the first round (0: min_clients); later ones are unused
+  config.deploy.connect_timeout = 120.0  # s the server waits for those sites to connect
 
   config.execution = ml_collections.ConfigDict()
   config.execution.strategy = "auto"  # auto (measured) | vmap | unrolled | sequential | stepwise

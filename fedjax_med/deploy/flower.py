@@ -21,11 +21,12 @@ Security (Flower's mechanisms, not ours): ``--certificates DIR`` turns on TLS (`
 registers every ``DIR/*.pub`` (OpenSSH ECDSA public keys); a site then starts with ``--auth_key`` (its private key)
 and a SuperNode whose key is not registered is refused. ``deploy/certificates.py`` makes throw-away ones for tests.
 
-Rounds: the server selects the sites as the simulation does, sends them the server state, and waits up to
-``deploy.round_timeout`` s; with at least ``deploy.min_clients`` replies it aggregates them (a site that died is
-left out), otherwise it stops with a message naming the missing sites and keeps the last global checkpoint
-(``checkpoint.every`` rounds). The same config in simulation (``execution.strategy='sequential'``) gives the same
-global parameters (tested).
+Rounds: the first starts once ``deploy.start_sites`` sites are connected (default ``deploy.min_clients``; a site
+that connects later is not used in this run). The server selects the sites as the simulation does, sends them the
+server state, and waits up to ``deploy.round_timeout`` s; with at least ``deploy.min_clients`` replies it
+aggregates them (a site that died is left out), otherwise it stops with a message naming the missing sites and
+keeps the last global checkpoint (``checkpoint.every`` rounds). The same config in simulation
+(``execution.strategy='sequential'``) gives the same global parameters (tested).
 """
 
 from __future__ import annotations

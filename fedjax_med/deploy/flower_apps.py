@@ -107,8 +107,8 @@ def _discover(grid: Grid, min_sites: int, timeout: float) -> dict[int, int]:
     if len(sites) >= min_sites:
       return sites
     time.sleep(1.0)
-  raise RuntimeError(f"only {len(sites)} site(s) {sorted(sites)} connected within {timeout:.0f} s; "
-                     f"deploy.min_clients={min_sites}")
+  raise RuntimeError(f"only {len(sites)} site(s) {sorted(sites)} connected within {timeout:.0f} s; the first round "
+                     f"waits for {min_sites} (deploy.start_sites / deploy.min_clients)")
 
 
 @server_app.main()
@@ -133,7 +133,8 @@ def _serve(grid: Grid, workdir: str) -> None:
     state, _ = checkpointer.restore(start, {"server": coordinator.server_state})
     coordinator.server_state = state["server"]
     log.info("resumed the server state of %s at round %d", workdir, start)
-  sites = _discover(grid, deploy.min_clients, deploy.connect_timeout)
+  # the first round waits for start_sites (e.g. every hospital of the study); later rounds need min_clients replies
+  sites = _discover(grid, max(deploy.get("start_sites", 0), deploy.min_clients), deploy.connect_timeout)
   writer = MetricsWriter(workdir, start, tensorboard=False)
   try:
     for round_num in range(start, config.num_rounds):

@@ -31,9 +31,11 @@ def _config(sites: int, **changes):
   return config
 
 
-def _overrides(sites: int, rounds: int = ROUNDS, min_clients: int = 2) -> list[str]:
+def _overrides(sites: int, rounds: int = ROUNDS, min_clients: int = 2, start_sites: int | None = None) -> list[str]:
   return [*tiny_overrides(), f"--config.num_rounds={rounds}", f"--config.partition.num_clients={sites}",
           f"--config.data.synthetic.num_sites={sites}", f"--config.deploy.min_clients={min_clients}",
+          # every site takes part from the first round (no start-up race) unless the test says otherwise
+          f"--config.deploy.start_sites={sites if start_sites is None else start_sites}",
           "--config.deploy.round_timeout=90", "--config.deploy.connect_timeout=120"]
 
 
@@ -214,7 +216,7 @@ def test_tls_and_node_authentication_refuse_an_unregistered_site(deployment, tmp
   certificates.make_tls(str(tmp_path / "tls"))
   known, _ = certificates.make_site_key(str(tmp_path), "site_0", str(keys))
   stranger, _ = certificates.make_site_key(str(tmp_path), "stranger", str(tmp_path / "unregistered"))
-  d = deployment(_overrides(2, rounds=1, min_clients=1),
+  d = deployment(_overrides(2, rounds=1, min_clients=1, start_sites=1),  # site 1 is refused
                  extra_server=("--certificates", str(tmp_path / "tls"), "--auth_keys", str(keys)))
   d.wait_ready()  # the keys are registered
   intruder = d.add_site(1, "--certificates", str(tmp_path / "tls"), "--auth_key", stranger)
