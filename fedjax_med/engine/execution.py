@@ -341,9 +341,12 @@ def client_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSha
 def _scatter_finite(all_states: PyTree, new_states: PyTree, sel: jax.Array, finite: jax.Array) -> PyTree:
   """Writes the participants' new states back; a non-finite client keeps its old state."""
 
+  leaves = jax.tree.leaves(all_states)
+  if not leaves:
+    return all_states
   # A non-finite client's row goes to an out-of-range index, which mode="drop" discards: one scatter per leaf
   # instead of a gather, a select and a scatter (XLA:CPU compiled FedIRM's DenseNet-121 round end 2x faster).
-  rows = jnp.where(finite, sel, jax.tree.leaves(all_states)[0].shape[0] if jax.tree.leaves(all_states) else 0)
+  rows = jnp.where(finite, sel, leaves[0].shape[0])
   return jax.tree.map(lambda old, new: old.at[rows].set(new, mode="drop"), all_states, new_states)
 
 

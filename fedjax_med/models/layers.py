@@ -76,10 +76,16 @@ def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
 
 
+def _normalize(x, mean, var, scale, bias, epsilon) -> tuple[jax.Array, jax.Array]:
+  """``(x - mean) / sqrt(var + epsilon) * scale + bias`` in flax's operation order, and ``1 / sqrt(var + epsilon)``."""
+  inv = jax.lax.rsqrt(var + epsilon)
+  return (x - mean) * (inv * scale) + bias, inv
+
+
 def _batch_norm_forward(x, scale, bias, epsilon):
   mean, var = _moments(x)
-  inv = jax.lax.rsqrt(var + epsilon)
-  return (x - mean) * (inv * scale) + bias, mean, var, inv
+  y, inv = _normalize(x, mean, var, scale, bias, epsilon)
+  return y, mean, var, inv
 
 
 @jax.custom_vjp
@@ -126,7 +132,7 @@ class BatchNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, features)
     bias = self.param("bias", nn.initializers.zeros, features)
     if use_running_average:
-      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)[0]
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
