@@ -108,6 +108,31 @@ def _forward(model: nn.Module, params, state, images, rng, *, method=None):
   return model.apply(variables, images, **kwargs), state
 
 
+def _forward_views(model: nn.Module, params, state, views: jax.Array, keys: jax.Array):
+  """Train-mode forward of ``V`` augmented views ``[V, B, ...]`` as ONE batched call (one network copy in the
+  compiled program, convolutions over ``V * B`` images); each view keeps its own batch statistics and dropout key,
+  as ``V`` calls of :func:`_forward` one after another would.
+
+  Returns (outputs stacked ``[V, ...]``, state). The running statistics equal ``V`` sequential updates: each view's
+  update ``u_v = m r_0 + (1 - m) s_v`` starts from the same ``r_0``, and ``r_v = m r_{v-1} + u_v - m r_0``. That
+  needs the model's batch-norm decay ``m`` (``bn_momentum``); a model with other non-parameter state, or without
+  that attribute, runs the views one after another.
+  """
+  momentum = getattr(model, "bn_momentum", None)
+  if state and (momentum is None or set(state) != {"batch_stats"}):
+    outs = []
+    for view, key in zip(views, keys):
+      out, state = _forward(model, params, state, view, key)
+      outs.append(out)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs), state
+  outs, updates = jax.vmap(lambda view, key: _forward(model, params, state, view, key))(views, keys)
+  combined = jax.tree.map(lambda u: u[0], updates)
+  for v in range(1, views.shape[0]):
+    update = jax.tree.map(lambda u, v=v: u[v], updates)
+    combined = jax.tree.map(lambda r, u, r0: momentum * r + u - momentum * r0, combined, update, state)
+  return outs, combined
+
+
 def _head(model: nn.Module, params, features, rng):
   """The classifier head (dropout + Dense) alone, in train mode, on pooled ``features [N, F]``."""
   return model.apply({"params": params}, features, train=True, rngs={"dropout": rng}, method="classify")
@@ -181,9 +206,9 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
             "drm_sum": jnp.zeros((num_classes, num_classes)), "drm_weight": jnp.zeros(num_classes)}
 
   def loss_fn(params, state, batch, rng):
-    k1, k2 = jax.random.split(rng)
-    out1, state = _forward(model, params, state, batch["images"], k1)
-    out2, state = _forward(model, params, state, batch["images_2"], k2)
+    outs, state = _forward_views(model, params, state, jnp.stack([batch["images"], batch["images_2"]]),
+                                 jax.random.split(rng))
+    out1, out2 = jax.tree.map(lambda x: x[0], outs), jax.tree.map(lambda x: x[1], outs)
     labels = batch["labels"]
     valid = (labels >= 0).astype(jnp.float32)
     denom = jnp.maximum(jnp.sum(valid), 1.0)
@@ -266,9 +291,9 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
     return total, state, metrics
 
   def fixmatch_terms(params, state, batch, rng):
-    k_weak, k_strong = jax.random.split(rng)
-    weak, state = _forward(model, params, state, batch["images"], k_weak)
-    strong, state = _forward(model, params, state, batch["images_2"], k_strong)
+    outs, state = _forward_views(model, params, state, jnp.stack([batch["images"], batch["images_2"]]),
+                                 jax.random.split(rng))
+    weak, strong = jax.tree.map(lambda x: x[0], outs), jax.tree.map(lambda x: x[1], outs)
     probs = jax.lax.stop_gradient(jax.nn.softmax(weak["logits"]))
     keep = (jnp.max(probs, -1) >= hp.fixmatch_threshold).astype(jnp.float32)
     ce = -jnp.sum(jax.nn.one_hot(jnp.argmax(probs, -1), num_classes) * jax.nn.log_softmax(strong["logits"]), -1)

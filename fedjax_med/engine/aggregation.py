@@ -40,20 +40,18 @@ def weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
 def pooled_mean(results: Mapping[str, ClientResults], key: str) -> tuple[PyTree, jax.Array]:
   """Weighted mean of ``messages[key]`` over every cohort that sends it.
 
+  The cohorts' messages are concatenated along the client axis and reduced once per leaf (one reduction per leaf
+  per cohort plus the sums across cohorts made XLA:CPU compile FedIRM's round end 2x longer).
+
   Returns:
     (mean, total_weight); the mean is zeros when the total weight is zero.
   """
-  sums, total = None, jnp.zeros((), jnp.float32)
-  for result in results.values():
-    if key not in result.messages:
-      continue
-    part = weighted_sum(result.messages[key], result.weights)
-    sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
-    total = total + jnp.sum(result.weights)
-  if sums is None:
+  senders = [result for result in results.values() if key in result.messages]
+  if not senders:
     raise ValueError(f"no cohort sends message {key!r}; sent: {[sorted(r.messages) for r in results.values()]}")
-  safe = jnp.where(total > 0, total, 1.0)
-  return jax.tree.map(lambda s: s / safe.astype(s.dtype), sums), total
+  messages = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *(r.messages[key] for r in senders))
+  weights = jnp.concatenate([r.weights for r in senders])
+  return weighted_mean(messages, weights), jnp.sum(weights)
 
 
 FINITE_CHECK_LEAVES = 64  # leaves checked by one reduction (see is_finite)

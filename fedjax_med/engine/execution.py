@@ -172,6 +172,24 @@ def _stack(trees: list[PyTree]) -> PyTree:
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
+def stack_clients(trees: list[PyTree]) -> PyTree:
+  """Per-client outputs of ``sequential`` / ``stepwise`` stacked on a new leading axis, outside any program.
+
+  On CPU numpy stacks them (device buffers are host memory): ``jnp.stack`` compiles one small program per leaf
+  shape and operand count, 138 programs and ~14 s in FedIRM's first DenseNet-121 round. Elsewhere ``jnp.stack``
+  keeps the data on the device.
+  """
+  if jax.default_backend() != "cpu":
+    return _stack(trees)
+
+  def stack(*leaves):
+    if jax.dtypes.issubdtype(leaves[0].dtype, jax.dtypes.extended):  # typed PRNG keys have no numpy form
+      return jnp.stack(leaves)
+    return jnp.asarray(np.stack([np.asarray(leaf) for leaf in leaves]))
+
+  return jax.tree.map(stack, *trees)
+
+
 class RoundRunner:
   """Runs rounds of one algorithm with one execution strategy.
 
@@ -194,22 +212,25 @@ class RoundRunner:
                           for name in plans}
     self.plans = plans
     # sharded: every output replicated, so each process can read the report and carry the state to the next round
-    self._round = jax.jit(self._whole_round, out_shardings=replicated(client_mesh()) if strategy == "sharded" else None)
+    self._round = jax.jit(self._whole_round, static_argnames="everyone",
+                          out_shardings=replicated(client_mesh()) if strategy == "sharded" else None)
     self._one_client = {name: jax.jit(self._one_client_fn(name)) for name in plans}
     self._pieces = {name: self._jitted_pieces(client_pieces(algorithm.cohorts[name], batch_fns[name], plans[name]))
                     for name in plans}
-    self._finalize = jax.jit(self._finalize_round)
+    self._finalize = jax.jit(self._finalize_round, static_argnames="everyone")
 
   def __call__(self, server_state, client_states, data, selection):
+    everyone = selects_everyone(selection, data)
     selection = {k: jnp.asarray(v, jnp.int32) for k, v in selection.items()}
     if self.strategy in ("sequential", "stepwise"):
       cohort_fn = self._sequential_cohort if self.strategy == "sequential" else self._stepwise_cohort
-      outputs = {name: cohort_fn(name, server_state, client_states, data, sel) for name, sel in selection.items()}
-      result = self._finalize(server_state, client_states, data, selection, outputs)
+      per_client = {name: cohort_fn(name, server_state, client_states, data, sel) for name, sel in selection.items()}
+      outputs = {name: stack_clients(outputs) for name, outputs in per_client.items()}  # after every dispatch
+      result = self._finalize(server_state, client_states, data, selection, outputs, everyone=everyone)
     else:
       if self.strategy == "sharded" and jax.process_count() > 1:
         server_state, client_states, data, selection = to_global((server_state, client_states, data, selection))
-      result = self._round(server_state, client_states, data, selection)
+      result = self._round(server_state, client_states, data, selection, everyone=everyone)
     server_state, client_states, report = result
     return server_state, client_states, jax.device_get(report)
 
@@ -217,7 +238,7 @@ class RoundRunner:
   def _cohort_inputs(self, data: CohortData, sel):
     return _take(data.arrays, sel), data.counts[sel], data.steps[sel], data.client_ids[sel]
 
-  def _whole_round(self, server_state, client_states, data, selection):
+  def _whole_round(self, server_state, client_states, data, selection, everyone=()):
     outputs = {}
     for name, sel in selection.items():
       states, (arrays, counts, steps, ids) = _take(client_states[name], sel), self._cohort_inputs(data[name], sel)
@@ -230,7 +251,7 @@ class RoundRunner:
         per_client = [fn(server_state, _take(states, i), _take(arrays, i), counts[i], steps[i], ids[i])
                       for i in range(sel.shape[0])]
         outputs[name] = _stack(per_client)
-    return self._finalize_round(server_state, client_states, data, selection, outputs)
+    return self._finalize_round(server_state, client_states, data, selection, outputs, everyone)
 
   def _sharded_cohort(self, fn, server_state, states, inputs):
     """``vmap`` of ``fn`` with the client axis padded to a multiple of the devices and sharded over them."""
@@ -258,9 +279,7 @@ class RoundRunner:
     return one_client
 
   def _sequential_cohort(self, name, server_state, client_states, data, sel):
-    per_client = [self._one_client[name](server_state, client_states[name], data[name], index)
-                  for index in np.asarray(sel)]
-    return _stack(per_client)
+    return [self._one_client[name](server_state, client_states[name], data[name], index) for index in np.asarray(sel)]
 
   @staticmethod
   def _jitted_pieces(pieces: ClientPieces) -> ClientPieces:
@@ -286,17 +305,17 @@ class RoundRunner:
         local, metrics = pieces.step(local, loop_inputs, arrays, cohort.steps[index], step_index)
         step_metrics.append(metrics)
       per_client.append(pieces.end(server_state, client_states[name], local, step_metrics, cohort, index))
-    return _stack(per_client)
+    return per_client
 
   # -- aggregation and server update ------------------------------------------------------------------------------
-  def _finalize_round(self, server_state, client_states, data, selection, outputs):
+  def _finalize_round(self, server_state, client_states, data, selection, outputs, everyone=()):
     results, new_states, report_metrics, finite_flags, ids = {}, dict(client_states), {}, {}, {}
     for name, (states, messages, metrics) in outputs.items():
       sel, cohort = selection[name], data[name]
       finite = aggregation.is_finite(messages) & aggregation.is_finite(states)
       weights = client_weights(self.weighting, cohort.counts[sel], finite)
       results[name] = ClientResults(messages, weights, cohort.client_ids[sel])
-      new_states[name] = _scatter_finite(client_states[name], states, sel, finite)
+      new_states[name] = _write_back(client_states[name], states, sel, finite, name in everyone)
       report_metrics[name], finite_flags[name], ids[name] = metrics, finite, cohort.client_ids[sel]
     new_server, server_metrics = self.algorithm.server_update(server_state, results)
     new_server = new_server.replace(round=server_state.round + 1)
@@ -338,16 +357,33 @@ def client_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSha
   return jax.sharding.NamedSharding(mesh, spec)
 
 
-def _scatter_finite(all_states: PyTree, new_states: PyTree, sel: jax.Array, finite: jax.Array) -> PyTree:
-  """Writes the participants' new states back; a non-finite client keeps its old state."""
+def _write_back(all_states: PyTree, new_states: PyTree, sel: jax.Array, finite: jax.Array, everyone: bool) -> PyTree:
+  """The cohort's client states after the round: participants' new states where finite, old states elsewhere.
 
+  ``everyone`` (static): ``sel`` is every client of the cohort in order, so the write-back is a select per leaf.
+  Otherwise each client's position in ``sel`` is computed once and each leaf is a gather + select. Both compile
+  far faster on XLA:CPU than a scatter per leaf (FedIRM's 1,824 client-state leaves of DenseNet-121: select 1.6 s,
+  gather + select 5.1 s, scatter 9.0 s for 1,092 leaves).
+  """
   leaves = jax.tree.leaves(all_states)
   if not leaves:
     return all_states
-  # A non-finite client's row goes to an out-of-range index, which mode="drop" discards: one scatter per leaf
-  # instead of a gather, a select and a scatter (XLA:CPU compiled FedIRM's DenseNet-121 round end 2x faster).
-  rows = jnp.where(finite, sel, leaves[0].shape[0])
-  return jax.tree.map(lambda old, new: old.at[rows].set(new, mode="drop"), all_states, new_states)
+  rows = lambda flags, leaf: flags.reshape((-1,) + (1,) * (leaf.ndim - 1))
+  if everyone:
+    return jax.tree.map(lambda old, new: jnp.where(rows(finite, new), new, old), all_states, new_states)
+  num_clients, num_selected = leaves[0].shape[0], sel.shape[0]
+  # position[c] = where client c sits in sel; num_selected for clients not selected or not finite
+  position = jnp.full((num_clients,), num_selected, jnp.int32).at[jnp.where(finite, sel, num_clients)].set(
+      jnp.arange(num_selected, dtype=jnp.int32), mode="drop")
+  taken, source = position < num_selected, jnp.minimum(position, num_selected - 1)
+  return jax.tree.map(lambda old, new: jnp.where(rows(taken, old), jnp.take(new, source, axis=0), old),
+                      all_states, new_states)
+
+
+def selects_everyone(selection: Mapping[str, np.ndarray], data: Mapping[str, CohortData]) -> tuple[str, ...]:
+  """The cohorts whose selection is all their clients in order (static: it picks the write-back's lowering)."""
+  return tuple(sorted(name for name, sel in selection.items()
+                      if np.array_equal(np.asarray(sel), np.arange(data[name].counts.shape[0]))))
 
 
 def default_unroll(backend: str) -> int | bool:

@@ -105,6 +105,67 @@ def test_head_only_mc_pass_equals_a_whole_network_train_mode_pass():
     np.testing.assert_allclose(head, whole["logits"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("views", [2, 3])
+def test_views_in_one_batched_pass_equal_sequential_passes(views):
+  """The labeled step's (and FixMatch's) augmented views run as one vmapped call: the logits, the gradient and the
+  batch-norm running statistics must equal ``views`` train-mode calls one after another (decay 0.7 so that the
+  combination's use of the momentum is visible)."""
+  from fedjax_med.models.densenet import DenseNet
+
+  model = DenseNet(num_classes=3, growth_rate=4, block_config=(1, 1), num_init_features=8, stem="small",
+                   dropout=0.5, bn_momentum=0.7)
+  params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
+  state = jax.tree.map(lambda x: x + 0.3, state)  # running statistics away from their initial values
+  images = jax.random.normal(jax.random.PRNGKey(1), (views, 5, 8, 8, 3)) * jnp.arange(1, views + 1)[:, None, None,
+                                                                                                   None, None]
+  keys = jax.random.split(jax.random.PRNGKey(2), views)
+
+  def sequential(params):
+    outs, new = [], state
+    for view, key in zip(images, keys):
+      out, new = fedirm._forward(model, params, new, view, key)
+      outs.append(out["logits"])
+    return jnp.stack(outs), new
+
+  def batched(params):
+    outs, new = fedirm._forward_views(model, params, state, images, keys)
+    return outs["logits"], new
+
+  loss = lambda fn: lambda p: jnp.sum(jnp.sin(fn(p)[0]))
+  (want, want_state), (got, got_state) = sequential(params), batched(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert float(jnp.std(want[0] - want[1])) > 1e-3  # the views differ (inputs and dropout)
+  for g, w, s in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state), jax.tree.leaves(state)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(w - s))) > 1e-3
+  grads = [jax.tree.leaves(jax.grad(loss(fn))(params)) for fn in (batched, sequential)]
+  for g, w in zip(*grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_views_of_a_model_without_bn_momentum_run_one_after_another():
+  import flax.linen as nn
+
+  from fedjax_med.models import layers
+
+  class Tiny(nn.Module):  # batch statistics, but no ``bn_momentum`` to combine them with
+    @nn.compact
+    def __call__(self, x, train):
+      return {"logits": nn.Dense(2)(layers.BatchNorm(use_running_average=not train, momentum=0.8)(x))}
+
+  model = Tiny()
+  params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), train=False))
+  views = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 3))
+  keys = jax.random.split(jax.random.PRNGKey(2))
+  outs, new = fedirm._forward_views(model, params, state, views, keys)
+  ref = state
+  for view, key in zip(views, keys):
+    out, ref = fedirm._forward(model, params, ref, view, key)
+  np.testing.assert_allclose(outs["logits"][1], out["logits"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_unknown_switch_names_the_key():
   with pytest.raises(ValueError, match=r"config.algorithm.teacher_sync='sometimes'.*allowed"):
     fedirm.Hyper(num_classes=3, teacher_sync="sometimes")

@@ -97,12 +97,31 @@ def test_is_finite_on_a_wide_mixed_tree_equals_a_leaf_by_leaf_check():
   np.testing.assert_array_equal(aggregation.is_finite(jax.tree.map(jnp.asarray, tree)), expected)
 
 
-def test_scatter_finite_writes_only_finite_participants():
+def test_write_back_keeps_non_finite_and_non_selected_clients():
   old = {"a": jnp.zeros((5, 2)), "b": jnp.zeros((5,), jnp.int32)}
   new = {"a": jnp.ones((3, 2)) * jnp.array([1.0, 2.0, 3.0])[:, None], "b": jnp.array([7, 8, 9], jnp.int32)}
-  out = execution._scatter_finite(old, new, jnp.array([4, 0, 2]), jnp.array([True, False, True]))
+  out = execution._write_back(old, new, jnp.array([4, 0, 2]), jnp.array([True, False, True]), everyone=False)
   np.testing.assert_array_equal(out["a"][:, 0], [0.0, 0.0, 3.0, 0.0, 1.0])  # client 0 was not finite: kept
+  np.testing.assert_array_equal(out["a"][:, 1], [0.0, 0.0, 3.0, 0.0, 1.0])
   np.testing.assert_array_equal(out["b"], [0, 0, 9, 0, 7])
+
+
+def test_write_back_of_everyone_equals_the_general_path():
+  old = {"a": jnp.zeros((3, 2)), "b": jnp.zeros((3,), jnp.int32)}
+  new = {"a": jnp.arange(6.0).reshape(3, 2) + 1, "b": jnp.array([7, 8, 9], jnp.int32)}
+  sel, finite = jnp.arange(3), jnp.array([True, False, True])
+  fast = execution._write_back(old, new, sel, finite, everyone=True)
+  general = execution._write_back(old, new, sel, finite, everyone=False)
+  for leaf_fast, leaf_general in zip(jax.tree.leaves(fast), jax.tree.leaves(general)):
+    np.testing.assert_array_equal(leaf_fast, leaf_general)
+  np.testing.assert_array_equal(fast["b"], [7, 0, 9])
+
+
+def test_selects_everyone_only_for_all_clients_in_order():
+  data = {name: execution.CohortData({}, jnp.ones(3, jnp.int32), jnp.arange(3), jnp.ones(3, jnp.int32))
+          for name in ("a", "b", "c", "d")}
+  selection = {"a": np.arange(3), "b": np.array([2, 1, 0]), "c": np.arange(2), "d": np.array([0, 1, 2])}
+  assert execution.selects_everyone(selection, data) == ("a", "d")
 
 
 def test_non_finite_client_is_left_out_and_reported():
@@ -133,3 +152,13 @@ def test_unknown_strategy_is_rejected_with_the_allowed_ones():
   algorithm, data, plans, batch_fns, *_ = _setup()
   with pytest.raises(ValueError, match="allowed: \\('vmap', 'unrolled', 'sequential', 'stepwise', 'sharded'\\)"):
     execution.RoundRunner(algorithm, batch_fns, plans, strategy="pmap", unroll=True, weighting="uniform")
+
+
+def test_stack_clients_equals_jnp_stack_for_every_dtype():
+  trees = [{"f": jnp.full((2, 3), float(i)), "i": jnp.array(i, jnp.int32), "b": jnp.array(i % 2 == 0),
+            "h": jnp.full((2,), i, jnp.bfloat16), "k": jax.random.key(i)} for i in range(3)]
+  got, want = execution.stack_clients(trees), execution._stack(trees)
+  for name in ("f", "i", "b", "h"):
+    assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+    np.testing.assert_array_equal(got[name], want[name])
+  np.testing.assert_array_equal(jax.random.key_data(got["k"]), jax.random.key_data(want["k"]))
