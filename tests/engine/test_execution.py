@@ -162,3 +162,17 @@ def test_stack_clients_equals_jnp_stack_for_every_dtype():
     assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
     np.testing.assert_array_equal(got[name], want[name])
   np.testing.assert_array_equal(jax.random.key_data(got["k"]), jax.random.key_data(want["k"]))
+
+
+def test_stepwise_runners_of_one_cohort_share_one_compiled_step_whatever_their_number_of_steps():
+  """auto's shortened calibration round and the run's rounds compile the local step once."""
+  algorithm, data, plans, batch_fns, server, clients = _setup(local_steps=3)
+  short_data, short_plans = {"clients": data["clients"]._replace(steps=jnp.minimum(data["clients"].steps, 1))}, {
+      "clients": plans["clients"]._replace(num_steps=1)}
+  runners = [execution.RoundRunner(algorithm, batch_fns, p, strategy="stepwise", unroll=True,
+                                   weighting="num_examples") for p in (short_plans, plans)]
+  step = runners[0]._pieces["clients"].step
+  assert runners[1]._pieces["clients"].step is step
+  for runner, d in zip(runners, (short_data, data)):
+    runner(server, clients, d, {"clients": np.arange(3)})
+  assert step._cache_size() == 1
