@@ -6,9 +6,9 @@ Inter-client Relation Matching", MICCAI 2021 (arXiv 2106.08600).
 Two cohorts share one global model (FedAvg over both):
 
 * ``labeled``: supervised label-smoothed cross-entropy on two augmented views
-  (``images``, ``images_2``); over the round it accumulates its disease relation
-  matrix (DRM, ``losses.relation_matrix``) from the first view's logits and the
-  true labels and sends it with its model delta. The server averages the labeled
+  (``images``, ``images_2``, run as one batched pass, see ``_forward_views``); over the
+  round it accumulates its disease relation matrix (DRM, ``losses.relation_matrix``)
+  from the first view's logits and the true labels and sends it with its model delta. The server averages the labeled
   clients' DRMs row by row, weighted by their class counts.
 * ``unlabeled``: from round ``warmup_rounds`` on. A mean teacher (EMA of the student)
   on the second view gives consistency targets (squared distance of softmaxes); the
