@@ -133,6 +133,13 @@ def _forward_views(model: nn.Module, params, state, views: jax.Array, keys: jax.
   return outs, combined
 
 
+def _forward_pair(model: nn.Module, params, state, batch, rng):
+  """:func:`_forward_views` on ``batch["images"]`` and ``batch["images_2"]``; returns (first, second, state)."""
+  outs, state = _forward_views(model, params, state, jnp.stack([batch["images"], batch["images_2"]]),
+                               jax.random.split(rng))
+  return jax.tree.map(lambda x: x[0], outs), jax.tree.map(lambda x: x[1], outs), state
+
+
 def _head(model: nn.Module, params, features, rng):
   """The classifier head (dropout + Dense) alone, in train mode, on pooled ``features [N, F]``."""
   return model.apply({"params": params}, features, train=True, rngs={"dropout": rng}, method="classify")
@@ -206,9 +213,7 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
             "drm_sum": jnp.zeros((num_classes, num_classes)), "drm_weight": jnp.zeros(num_classes)}
 
   def loss_fn(params, state, batch, rng):
-    outs, state = _forward_views(model, params, state, jnp.stack([batch["images"], batch["images_2"]]),
-                                 jax.random.split(rng))
-    out1, out2 = jax.tree.map(lambda x: x[0], outs), jax.tree.map(lambda x: x[1], outs)
+    out1, out2, state = _forward_pair(model, params, state, batch, rng)
     labels = batch["labels"]
     valid = (labels >= 0).astype(jnp.float32)
     denom = jnp.maximum(jnp.sum(valid), 1.0)
@@ -291,9 +296,7 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
     return total, state, metrics
 
   def fixmatch_terms(params, state, batch, rng):
-    outs, state = _forward_views(model, params, state, jnp.stack([batch["images"], batch["images_2"]]),
-                                 jax.random.split(rng))
-    weak, strong = jax.tree.map(lambda x: x[0], outs), jax.tree.map(lambda x: x[1], outs)
+    weak, strong, state = _forward_pair(model, params, state, batch, rng)
     probs = jax.lax.stop_gradient(jax.nn.softmax(weak["logits"]))
     keep = (jnp.max(probs, -1) >= hp.fixmatch_threshold).astype(jnp.float32)
     ce = -jnp.sum(jax.nn.one_hot(jnp.argmax(probs, -1), num_classes) * jax.nn.log_softmax(strong["logits"]), -1)
