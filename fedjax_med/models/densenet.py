@@ -19,12 +19,14 @@ class DenseLayer(nn.Module):
   growth_rate: int
   bn_size: int
   bn_momentum: float
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x, *, train):
-    y = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+    norm = lambda: layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, groups=self.bn_groups)
+    y = nn.relu(norm()(x))
     y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False)(y)
-    y = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(y))
+    y = nn.relu(norm()(y))
     y = nn.Conv(self.growth_rate, (3, 3), use_bias=False)(y)
     return jnp.concatenate([x, y], axis=-1)
 
@@ -34,10 +36,11 @@ class Transition(nn.Module):
 
   features: int
   bn_momentum: float
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x, *, train):
-    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, groups=self.bn_groups)(x))
     x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -57,6 +60,7 @@ class DenseNet(nn.Module):
   dropout: float = 0.0
   stem: str = "imagenet"
   bn_momentum: float = 0.9  # running-statistics decay; 0.9 = PyTorch's momentum 0.1 (flax's default 0.99 lags)
+  bn_groups: int = 1  # batch-norm statistics per this many consecutive slices of the batch (layers.BatchNorm.groups)
 
   def setup(self):
     if self.stem not in STEMS:
@@ -69,21 +73,22 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
+    norm = lambda: layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, groups=self.bn_groups)
     if self.stem == "imagenet":
       x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(x)
-      x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+      x = nn.relu(norm()(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = nn.Conv(self.num_init_features, (3, 3), use_bias=False)(x)
     features = self.num_init_features
     for i, num_layers in enumerate(self.block_config):
       for _ in range(num_layers):
-        x = DenseLayer(self.growth_rate, self.bn_size, self.bn_momentum)(x, train=train)
+        x = DenseLayer(self.growth_rate, self.bn_size, self.bn_momentum, self.bn_groups)(x, train=train)
       features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:
         features //= 2
-        x = Transition(features, self.bn_momentum)(x, train=train)
-    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+        x = Transition(features, self.bn_momentum, self.bn_groups)(x, train=train)
+    x = nn.relu(norm()(x))
     return jnp.mean(x, axis=(1, 2))
 
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:

@@ -106,14 +106,15 @@ def test_head_only_mc_pass_equals_a_whole_network_train_mode_pass():
 
 
 @pytest.mark.parametrize("views", [2, 3])
-def test_views_in_one_batched_pass_equal_sequential_passes(views):
-  """The labeled step's (and FixMatch's) augmented views run as one vmapped call: the logits, the gradient and the
-  batch-norm running statistics must equal ``views`` train-mode calls one after another (decay 0.7 so that the
-  combination's use of the momentum is visible)."""
+def test_views_in_one_pass_equal_sequential_passes(views):
+  """The labeled step's (and FixMatch's) augmented views run as one call on the concatenated images, batch norm
+  per view (``bn_groups``): the logits, the gradient and the running statistics must equal ``views`` train-mode
+  calls one after another (decay 0.7 so that the order of the running-statistics updates shows; no dropout, whose
+  draws differ by design, next test)."""
   from fedjax_med.models.densenet import DenseNet
 
   model = DenseNet(num_classes=3, growth_rate=4, block_config=(1, 1), num_init_features=8, stem="small",
-                   dropout=0.5, bn_momentum=0.7)
+                   dropout=0.0, bn_momentum=0.7)
   params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
   state = jax.tree.map(lambda x: x + 0.3, state)  # running statistics away from their initial values
   images = jax.random.normal(jax.random.PRNGKey(1), (views, 5, 8, 8, 3)) * jnp.arange(1, views + 1)[:, None, None,
@@ -134,7 +135,7 @@ def test_views_in_one_batched_pass_equal_sequential_passes(views):
   loss = lambda fn: lambda p: jnp.sum(jnp.sin(fn(p)[0]))
   (want, want_state), (got, got_state) = sequential(params), batched(params)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  assert float(jnp.std(want[0] - want[1])) > 1e-3  # the views differ (inputs and dropout)
+  assert float(jnp.std(want[0] - want[1])) > 1e-3  # the views differ
   for g, w, s in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state), jax.tree.leaves(state)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     assert float(jnp.max(jnp.abs(w - s))) > 1e-3
@@ -143,12 +144,37 @@ def test_views_in_one_batched_pass_equal_sequential_passes(views):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_views_of_a_model_without_bn_momentum_run_one_after_another():
+def test_views_in_one_pass_draw_their_own_dropout_masks():
+  """Two identical views through the one-pass forward: without dropout the same logits; with dropout 0.5 each row
+  of each view has its own mask, so the views' logits differ, and they average (over rows) to what a pass with
+  its own key gives (same distribution; different draws)."""
+  from fedjax_med.models.densenet import DenseNet
+
+  image = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 3))
+  views = jnp.broadcast_to(image, (2, 256, 8, 8, 3))  # one image repeated: row-to-row spread = dropout alone
+  keys = jax.random.split(jax.random.PRNGKey(4))
+  logits = {}
+  for rate in (0.0, 0.5):
+    model = DenseNet(num_classes=3, growth_rate=4, block_config=(1,), num_init_features=8, stem="small",
+                     dropout=rate)
+    params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
+    params = jax.tree.map(lambda p: p + 0.5, params)  # features and head weights away from zero
+    outs, _ = fedirm._forward_views(model, params, state, views, keys)
+    own, _ = fedirm._forward(model, params, state, views[1], keys[1])
+    logits[rate] = outs["logits"], own["logits"]
+  np.testing.assert_allclose(logits[0.0][0][0], logits[0.0][0][1], rtol=1e-6)
+  both, own = logits[0.5]
+  assert float(jnp.mean(jnp.abs(both[0] - both[1]))) > 1e-2  # different masks row by row and view by view
+  np.testing.assert_allclose(jnp.mean(both[1], 0), jnp.mean(own, 0), rtol=0.1)
+  np.testing.assert_allclose(jnp.mean(both[1], 0), logits[0.0][1][0], rtol=0.1)  # inverted dropout: unbiased
+
+
+def test_views_of_a_model_without_bn_groups_run_one_after_another():
   import flax.linen as nn
 
   from fedjax_med.models import layers
 
-  class Tiny(nn.Module):  # batch statistics, but no ``bn_momentum`` to combine them with
+  class Tiny(nn.Module):  # batch statistics, but no ``bn_groups`` to keep the views' statistics apart
     @nn.compact
     def __call__(self, x, train):
       return {"logits": nn.Dense(2)(layers.BatchNorm(use_running_average=not train, momentum=0.8)(x))}

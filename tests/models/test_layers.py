@@ -87,3 +87,45 @@ def test_batch_norm_gradient_equals_flax_through_outputs_and_running_statistics(
   for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
                   jax.tree.leaves(jax.grad(loss(flax), argnums=(0, 1))(params, x)), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_grouped_batch_norm_equals_one_call_per_slice_of_the_batch(groups):
+  """``groups`` slices of the batch in one call: outputs, gradients (input, scale, bias) and running statistics
+  equal ``groups`` calls one after another (momentum 0.7 so that the order of the updates shows)."""
+  x = 1.0 + jax.random.normal(jax.random.PRNGKey(20), (groups * 4, 5, 5, 3)) * jnp.repeat(
+      jnp.arange(1.0, groups + 1), 4)[:, None, None, None]  # each slice its own spread
+  grouped, single = layers.BatchNorm(momentum=0.7, groups=groups), layers.BatchNorm(momentum=0.7)
+  variables = single.init(jax.random.PRNGKey(21), x[:4], use_running_average=False)
+  params = {"scale": 1.0 + jnp.arange(3.0), "bias": jnp.arange(3.0) - 1.0}
+  cotangent = jax.random.normal(jax.random.PRNGKey(22), x.shape)
+
+  def one_call(params, x):
+    y, new = grouped.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                           use_running_average=False, mutable=["batch_stats"])
+    return jnp.sum(y * cotangent), (y, new["batch_stats"])
+
+  def one_per_slice(params, x):
+    stats, ys = variables["batch_stats"], []
+    for part in jnp.split(x, groups):
+      y, new = single.apply({"params": params, "batch_stats": stats}, part, use_running_average=False,
+                            mutable=["batch_stats"])
+      stats = new["batch_stats"]
+      ys.append(y)
+    y = jnp.concatenate(ys)
+    return jnp.sum(y * cotangent), (y, stats)
+
+  (got_grads, (got_y, got_stats)), (want_grads, (want_y, want_stats)) = [
+      jax.grad(fn, argnums=(0, 1), has_aux=True)(params, x) for fn in (one_call, one_per_slice)]
+  np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves((got_grads, got_stats)), jax.tree.leaves((want_grads, want_stats)),
+                       strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(got_y - single.apply(
+      {"params": params, **variables}, x, use_running_average=False, mutable=["batch_stats"])[0]))) > 1e-2
+
+
+def test_grouped_batch_norm_names_a_batch_its_groups_do_not_divide():
+  module = layers.BatchNorm(groups=3)
+  with pytest.raises(ValueError, match=r"groups=3 must divide the batch axis; got shape \(4, 2\)"):
+    module.init(jax.random.PRNGKey(0), jnp.ones((4, 2)), use_running_average=False)
