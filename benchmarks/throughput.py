@@ -194,15 +194,18 @@ def main(argv: list[str] | None = None) -> int:
                          args.torch_threads)
     result["runs"][str(workload.protocol["clients"])] = summarise(raw, workload.examples_per_round,
                                                                   peak["peak_gflops"])
-  table = markdown(result)
-  print("\n" + table)
-  os.makedirs(args.out, exist_ok=True)
-  suffix = "_smoke" if args.smoke else ""
-  with open(os.path.join(args.out, f"{args.workload}{suffix}.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(args.out, f"{args.workload}{suffix}.md"), "w") as f:
-    f.write(table)
+  write_report(result, markdown(result), args.out, args.workload + ("_smoke" if args.smoke else ""))
   return 0
+
+
+def write_report(result: dict[str, Any], table: str, out: str, stem: str) -> None:
+  """Prints the markdown table and writes ``out/stem.json`` (everything measured) and ``out/stem.md``."""
+  print("\n" + table)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f"{stem}.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out, f"{stem}.md"), "w") as f:
+    f.write(table)
 
 
 if __name__ == "__main__":
