@@ -89,13 +89,14 @@ def measure_peak(rounds: int, timeout_s: float) -> dict[str, Any]:
 
 
 def run_contenders(workload: str, contenders: list[str], rounds: int, smoke: bool, clients: int,
-                   timeout_s: float, torch_threads: int) -> dict[str, dict[str, Any]]:
-  """Set-up and first round of each contender alone, then ``rounds`` alternating rounds; returns raw results."""
+                   timeout_s: float, torch_threads: int, compilation_cache: str = "") -> dict[str, dict[str, Any]]:
+  """Set-up and first round of each contender alone, then ``rounds`` alternating rounds; returns raw results.
+  ``compilation_cache``: a directory for XLA's persistent compilation cache of the JAX contenders ("" = none)."""
   results, workers = {}, {}
   try:
     for name in contenders:
       spec = {"workload": workload, "contender": name, "smoke": smoke, "clients": clients, "rounds": rounds,
-              "torch_threads": torch_threads}
+              "torch_threads": torch_threads, "compilation_cache": compilation_cache}
       workers[name] = worker = Worker(spec, timeout_s)
       setup = worker.read()
       first = worker.request("round")
@@ -133,7 +134,7 @@ def summarise(raw: dict[str, dict[str, Any]], examples: int, peak: float) -> dic
 def markdown(result: dict[str, Any]) -> str:
   lines = [f"### {result['workload']}: {result['protocol']}", "",
            f"{result['rounds']} alternating rounds after one first round, medians; machine: {result['machine']}; "
-           f"fp32 matmul peak {result['peak_gflops']:.0f} GFLOP/s.", ""]
+           f"fp32 matmul peak {result['peak_gflops']:.0f} GFLOP/s.{cache_note(result)}", ""]
   for clients, rows in result["runs"].items():
     if len(result["runs"]) > 1:
       lines += [f"**{clients} clients**", ""]
@@ -149,6 +150,21 @@ def markdown(result: dict[str, Any]) -> str:
                    f"{row['first_round_s']:.1f} | {row['peak_rss_mb']:.0f} |")
     lines.append("")
   return "\n".join(lines)
+
+
+def cache_state(path: str) -> dict[str, Any]:
+  """Whether the JAX contenders use a persistent compilation cache, and how many entries it held at the start
+  (0: their first rounds compile cold)."""
+  entries = len(os.listdir(path)) if path and os.path.isdir(path) else 0
+  return {"dir_given": bool(path), "entries_at_start": entries}
+
+
+def cache_note(result: dict[str, Any]) -> str:
+  cache = result.get("compilation_cache", {})
+  if not cache.get("dir_given"):
+    return " No persistent compilation cache: first rounds compile cold."
+  entries = cache["entries_at_start"]
+  return f" Persistent compilation cache with {entries} entries at the start ({'warm' if entries else 'cold'})."
 
 
 def machine() -> str:
@@ -173,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--smoke", action="store_true", help="tiny sizes on synthetic data (the test suite's run)")
   parser.add_argument("--timeout", type=float, default=1800.0, help="seconds any one answer of a contender may take")
   parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
+  parser.add_argument("--compilation-cache", default="",
+                      help="XLA persistent compilation cache directory for the JAX contenders (default: none, every "
+                           "run compiles cold; run twice with the same DIR to time a warm-cache first round)")
   parser.add_argument("--out", default="benchmarks/results")
   args = parser.parse_args(argv)
   if args.workload == "scaling" and args.clients == [0]:
@@ -185,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
   peak = measure_peak(5, args.timeout)
   result = {"workload": args.workload, "protocol": first.protocol, "rounds": args.rounds, "smoke": args.smoke,
             "machine": machine(), "peak": peak, "peak_gflops": peak["peak_gflops"], "contenders": contenders,
+            "compilation_cache": cache_state(args.compilation_cache),
             "command": "python -m benchmarks.throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
             "runs": {}}
   for clients in args.clients:
     workload = workloads.get(args.workload, args.smoke, clients, args.rounds)
     print(f"{args.workload}, {workload.protocol['clients']} clients:", flush=True)
     raw = run_contenders(args.workload, contenders, args.rounds, args.smoke, clients, args.timeout,
-                         args.torch_threads)
+                         args.torch_threads, args.compilation_cache)
     result["runs"][str(workload.protocol["clients"])] = summarise(raw, workload.examples_per_round,
                                                                   peak["peak_gflops"])
   write_report(result, markdown(result), args.out, args.workload + ("_smoke" if args.smoke else ""))

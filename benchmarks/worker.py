@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
   if spec.get("torch_threads"):
     import torch
     torch.set_num_threads(int(spec["torch_threads"]))
+  if spec.get("compilation_cache") and spec["contender"].startswith("jax:"):
+    from fedjax_med import train
+    train.use_compilation_cache(spec["compilation_cache"])
   contender = make_contender(spec)
   start = time.perf_counter()
   contender.setup()

@@ -25,6 +25,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads((tmp_path / "scaling_smoke.json").read_text())
   assert result["peak_gflops"] > 0 and result["protocol"]["clients"] == 2
+  assert result["compilation_cache"] == {"dir_given": False, "entries_at_start": 0}
   rows = result["runs"]["2"]
   assert list(rows) == contenders
   for name, row in rows.items():
@@ -57,3 +58,15 @@ def test_both_sides_train_the_same_model(name):
   assert any(not torch.equal(a, b) for a, b in zip(after, before))
   assert all(torch.isfinite(p).all() for p in after)
   assert reference.info()["params"] == torch_params
+
+
+def test_cache_state_counts_the_entries_a_warm_cache_starts_with(tmp_path):
+  from benchmarks import throughput
+
+  assert throughput.cache_state(str(tmp_path / "absent")) == {"dir_given": True, "entries_at_start": 0}
+  for name in ("a", "b"):
+    (tmp_path / name).write_text("x")
+  state = throughput.cache_state(str(tmp_path))
+  assert state == {"dir_given": True, "entries_at_start": 2}
+  assert "(warm)" in throughput.cache_note({"compilation_cache": state})
+  assert "compile cold" in throughput.cache_note({"compilation_cache": throughput.cache_state("")})
