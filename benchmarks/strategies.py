@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     picked, calibration = auto.calibrate(make_runner, server, clients, data, exp.plans, selection,
                                          tuple(config.execution.candidates), config.execution.calibration_steps,
                                          config.execution.calibration_repeats, config.execution.calibration_clients,
-                                         config.num_rounds, scan_unroll(config))
+                                         config.num_rounds, scan_unroll(config),
+                                         config.execution.calibration_budget_s)
     calibration_s = time.perf_counter() - start
   steps = max(plan.num_steps for plan in exp.plans.values())
   result = {"config": args.config, "backend": jax.default_backend(), "devices": str(jax.devices()),
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
     print(f"| {s} | {median:.3f} | {median / best:.2f}x | {first[s]:.1f} |")
   if picked:
     print(f"\nauto picks: {picked} for {config.num_rounds} rounds (calibration took {calibration_s:.1f} s; "
-          "estimated run time: " + ", ".join(f"{k} {v['run_estimate_s']:.0f} s" for k, v in calibration.items()) + ")")
+          "estimated run time: " + ", ".join(f"{k} {v['run_estimate_s']:.0f} s" if "run_estimate_s" in v else
+                                               f"{k} not measured (budget)" for k, v in calibration.items()) + ")")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=1)

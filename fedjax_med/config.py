@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple] = {
 POSITIVE = ("num_rounds", "client.batch_size", "client.learning_rate", "partition.num_clients", "eval.every",
             "eval.batch_size", "checkpoint.every", "checkpoint.keep")
 NON_NEGATIVE = ("client.local_steps", "client.local_epochs", "aggregation.clients_per_round", "algorithm.prox_mu",
-                "client.weight_decay", "server.learning_rate")
+                "client.weight_decay", "server.learning_rate", "execution.calibration_budget_s")
 # Keys that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("num_rounds", "overwrite", "execution", "eval", "log", "checkpoint", "deploy")
 

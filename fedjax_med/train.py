@@ -188,8 +188,12 @@ def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
   best, timings = auto.calibrate(make_runner, server_state, client_states, exp.data_for_round(0), exp.plans,
                                  selection_for(exp, None), tuple(cfg.candidates), cfg.calibration_steps,
                                  cfg.calibration_repeats, cfg.calibration_clients, exp.config.num_rounds,
-                                 scan_unroll(exp.config))
+                                 scan_unroll(exp.config), cfg.calibration_budget_s)
   for name, t in timings.items():
+    if "skipped_after_s" in t:
+      log.info("auto: %-10s not measured: the calibration had spent %.0f s (execution.calibration_budget_s=%g)",
+               name, t["skipped_after_s"], cfg.calibration_budget_s)
+      continue
     log.info("auto: %-10s %.3f s per shortened round (+%.1f s compile) -> est. %.0f s for the run", name,
              t["round_s"], t["compile_s"], t["run_estimate_s"])
   log.info("auto picked %s on backend %s", best, jax.default_backend())
