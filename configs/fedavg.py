@@ -130,7 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.execution.calibration_clients = 2  # per cohort, in the shortened rounds
   config.execution.calibration_repeats = 2
   config.execution.calibration_budget_s = 300.0  # auto measures no further candidate once it spent this long
-  # (cheapest programs first: stepwise, sequential / vmap, unrolled); a DenseNet-121 candidate compiles for minutes
+  # (cheapest programs first: stepwise, sequential, vmap, unrolled); a DenseNet-121 candidate compiles for minutes
   config.execution.compilation_cache = "~/.cache/fedjax_med/xla"  # XLA's persistent compilation cache ("" = off):
   # reruns, resumed runs and other seeds of a config load their compiled programs instead of compiling them again
   config.execution.compilation_cache_min_seconds = 0.5  # programs compiled faster than this are not stored

@@ -22,7 +22,8 @@ def test_candidates_are_measured_cheapest_program_first():
   plans = {"a": execution.LocalPlan(4, 2, 1, 8, False), "b": execution.LocalPlan(2, 2, 1, 8, False)}
   selection = {"a": np.arange(3), "b": np.arange(5)}
   order = auto.measurement_order(("vmap", "unrolled", "sequential", "stepwise"), plans, selection, True)
-  assert order == ["stepwise", "vmap", "sequential", "unrolled"]  # 1, 4, 4 (ties keep their order), 12 copies
+  assert order == ["stepwise", "sequential", "vmap", "unrolled"]  # 1, 4, 4 (one client's before a batch), 12 copies
+  assert auto.measurement_order(("unrolled", "stepwise"), plans, selection, 1) == ["stepwise", "unrolled"]
 
 
 def _calibrate(candidates, **kwargs):
