@@ -155,7 +155,7 @@ class BatchNorm(nn.Module):
       return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)[0]
     if self.groups == 1:
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
-      means, variances = mean[None], var[None]
+      means, variances = [mean], [var]  # the ungrouped program unchanged (no slices)
     else:
       y, means, variances = grouped_batch_norm_train(x, scale, bias, self.epsilon, self.groups)
     if not self.is_initializing():
