@@ -73,7 +73,7 @@ class JaxStep:
     import jax
     import optax
 
-    from fedjax_med import models
+    from fedjax_med import models, tasks
 
     self.model = model = models.get_model(case.model, case.num_classes, **case.kwargs)
     variables = models.init_variables(model, jax.random.key(0), (case.size, case.size, case.channels))
@@ -82,11 +82,7 @@ class JaxStep:
     tx = optax.adam(learning_rate)
 
     def loss(params, state, images, labels, key):
-      kwargs = {"train": True, "rngs": {"dropout": key}}
-      if state:
-        out, state = model.apply({"params": params, **state}, images, mutable=list(state), **kwargs)
-      else:
-        out = model.apply({"params": params}, images, **kwargs)
+      out, state = tasks.apply_model(model, params, state, images, key, train=True)
       return optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean(), state
 
     def step(params, state, opt_state, images, labels, key):
