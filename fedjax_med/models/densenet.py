@@ -13,6 +13,10 @@ from fedjax_med.models import layers
 STEMS = ("imagenet", "small")
 
 
+def _batch_norm(train: bool, momentum: float, groups: int) -> layers.BatchNorm:
+  return layers.BatchNorm(use_running_average=not train, momentum=momentum, groups=groups)
+
+
 class DenseLayer(nn.Module):
   """BN-ReLU-1x1 conv (bn_size * growth) - BN-ReLU-3x3 conv (growth); output concatenated to the input."""
 
@@ -23,10 +27,9 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train):
-    norm = lambda: layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, groups=self.bn_groups)
-    y = nn.relu(norm()(x))
+    y = nn.relu(_batch_norm(train, self.bn_momentum, self.bn_groups)(x))
     y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False)(y)
-    y = nn.relu(norm()(y))
+    y = nn.relu(_batch_norm(train, self.bn_momentum, self.bn_groups)(y))
     y = nn.Conv(self.growth_rate, (3, 3), use_bias=False)(y)
     return jnp.concatenate([x, y], axis=-1)
 
@@ -40,7 +43,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train):
-    x = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, groups=self.bn_groups)(x))
+    x = nn.relu(_batch_norm(train, self.bn_momentum, self.bn_groups)(x))
     x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -73,10 +76,9 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
-    norm = lambda: layers.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, groups=self.bn_groups)
     if self.stem == "imagenet":
       x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(x)
-      x = nn.relu(norm()(x))
+      x = nn.relu(_batch_norm(train, self.bn_momentum, self.bn_groups)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = nn.Conv(self.num_init_features, (3, 3), use_bias=False)(x)
@@ -88,7 +90,7 @@ class DenseNet(nn.Module):
       if i != len(self.block_config) - 1:
         features //= 2
         x = Transition(features, self.bn_momentum, self.bn_groups)(x, train=train)
-    x = nn.relu(norm()(x))
+    x = nn.relu(_batch_norm(train, self.bn_momentum, self.bn_groups)(x))
     return jnp.mean(x, axis=(1, 2))
 
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
