@@ -38,6 +38,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Mapping
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -89,6 +90,16 @@ def _executable(name: str) -> str:
   return path
 
 
+def flower_environment(base: Mapping[str, str]) -> dict[str, str]:
+  """``base`` with the directory of Flower's executables first on ``PATH``.
+
+  The SuperLink and SuperNode start their helpers (``flower-superexec``, ...) by name; run through a virtual
+  environment's python without activating it, ``PATH`` lacks them and the SuperLink dies at startup (status 3).
+  """
+  directory = os.path.dirname(_executable("flower-superlink"))
+  return {**base, "PATH": os.pathsep.join([directory, base.get("PATH", "")]).rstrip(os.pathsep)}
+
+
 def _tls_files(directory: str, server: bool) -> dict[str, str]:
   names = {"ca": "ca.crt"} | ({"cert": "server.pem", "key": "server.key"} if server else {})
   files = {k: os.path.abspath(os.path.join(directory, v)) for k, v in names.items()}
@@ -136,7 +147,7 @@ def write_cli_home(home: str) -> dict[str, str]:
     lines.append("insecure = true")
   with open(os.path.join(home, "config.toml"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  return {**os.environ, "FLWR_HOME": home}
+  return flower_environment({**os.environ, "FLWR_HOME": home})
 
 
 def _flwr(args: list[str], env: dict[str, str], timeout: float | None = None, check: bool = True):
@@ -146,13 +157,13 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float | None = None, ch
   return result
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 60.0) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen, log: str, seconds: float = 60.0) -> None:
   import socket
 
   deadline = time.monotonic() + seconds
   while time.monotonic() < deadline:
     if process.poll() is not None:
-      raise SystemExit(f"error: flower-superlink exited with status {process.returncode}")
+      raise SystemExit(f"error: flower-superlink exited with status {process.returncode}; see {log}")
     with socket.socket() as s:
       if s.connect_ex(("127.0.0.1", port)) == 0:
         return
@@ -176,10 +187,11 @@ def serve() -> int:
   if os.path.exists(status):
     os.remove(status)
   env = write_cli_home(os.path.join(workdir, "flwr_home"))
-  log_file = open(os.path.join(workdir, "superlink.log"), "w")  # noqa: SIM115 - open for the link's lifetime
+  log_path = os.path.join(workdir, "superlink.log")
+  log_file = open(log_path, "w")  # noqa: SIM115 - open for the link's lifetime
   link = subprocess.Popen(superlink_command(), stdout=log_file, stderr=subprocess.STDOUT, env=env)
   try:
-    _wait_for_port(FLAGS.port, link)
+    _wait_for_port(FLAGS.port, link, log_path)
     keys = []
     if FLAGS.auth_keys:
       keys = sorted(f for f in os.listdir(FLAGS.auth_keys) if f.endswith(".pub"))
@@ -217,7 +229,7 @@ def join() -> int:
     raise SystemExit("error: client needs --site K (its index in the config's partition)")
   if FLAGS.data and not os.path.exists(FLAGS.data):
     raise SystemExit(f"error: --data {FLAGS.data} does not exist")
-  return subprocess.call(supernode_command(FLAGS.site, FLAGS.data))
+  return subprocess.call(supernode_command(FLAGS.site, FLAGS.data), env=flower_environment(os.environ))
 
 
 def main(argv: list[str]) -> int:

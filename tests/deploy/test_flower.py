@@ -99,8 +99,20 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-  return env
+  """The children's environment, as for a user who runs the environment's python without activating it: the
+  directory of this python (where pip put Flower's executables) is not on ``PATH``."""
+  here = os.path.dirname(os.path.abspath(sys.executable))
+  path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and os.path.abspath(p) != here)
+  return {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "PATH": path}
+
+
+def test_flowers_own_processes_get_the_directory_of_its_executables_first_on_path():
+  from fedjax_med.deploy.flower import flower_environment
+
+  env = flower_environment({"PATH": "/nowhere", "OTHER": "kept"})
+  first, rest = env["PATH"].split(os.pathsep, 1)
+  assert os.path.exists(os.path.join(first, "flower-superexec")) and rest == "/nowhere"
+  assert env["OTHER"] == "kept"
 
 
 class Deployment:
