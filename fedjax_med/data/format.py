@@ -27,7 +27,8 @@ A prepared dataset is a directory holding two files:
   "num_mask_classes", "mask_names", "ignore_index", "source", ...}``.
 
 The directory is written to a temporary sibling and renamed into place, so a
-failed conversion never leaves a half-written dataset behind.
+failed conversion never leaves a half-written dataset behind. It gets the permissions
+the user's umask gives a new folder (0755 under umask 022), not a temporary folder's 0700.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -115,7 +116,7 @@ def save_prepared(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_dir: 
     raise DatasetError(f"output directory {out_dir} exists already; remove it or choose another --out")
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+  tmp = _make_sibling_dir(parent)
   try:
     np.savez_compressed(os.path.join(tmp, ARRAYS_FILE), **arrays)
     full_meta = {"format_version": FORMAT_VERSION, **meta}
@@ -126,6 +127,18 @@ def save_prepared(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_dir: 
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out_dir
+
+
+def _make_sibling_dir(parent: str) -> str:
+  """A new, uniquely named hidden folder in ``parent`` with the umask's permissions (``tempfile.mkdtemp``
+  would make it owner-only, and the rename would keep that)."""
+  while True:
+    path = os.path.join(parent, f".prepare-{secrets.token_hex(6)}")
+    try:
+      os.mkdir(path)  # mode 0o777 minus the umask, like any folder the user creates
+      return path
+    except FileExistsError:
+      continue
 
 
 def _canonical(key: str, value: np.ndarray) -> np.ndarray:

@@ -79,3 +79,15 @@ def test_load_dataset_names_the_prepare_command_for_the_dataset(tmp_path):
   with pytest.raises(fmt.DatasetError, match=f"{tmp_path}/nothing does not exist; prepare it with: python -m "
                                              "fedjax_med.data.prepare drive"):
     load_dataset("drive", str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700)])
+def test_saved_folder_gets_the_umask_permissions_not_owner_only(tmp_path, umask, mode):
+  old = os.umask(umask)
+  try:
+    out = fmt.save_prepared(_arrays(), {"name": "toy"}, str(tmp_path / "toy"))
+  finally:
+    os.umask(old)
+  assert os.stat(out).st_mode & 0o777 == mode
+  assert os.stat(os.path.join(out, fmt.ARRAYS_FILE)).st_mode & 0o777 == mode & 0o666
+  assert os.listdir(tmp_path) == ["toy"]
