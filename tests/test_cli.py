@@ -95,6 +95,11 @@ def test_a_half_written_checkpoint_directory_is_ignored(tmp_path):
     (["--config.data.name=drive", "--config.data.root=/nonexistent/drive"],
      "error: dataset directory /nonexistent/drive does not exist; prepare it with: python -m fedjax_med.data.prepare "
      "drive"),
+    (["--config.data.name=drive", "--config.data.root=/nonexistent/drive/drive.npz"],
+     "error: /nonexistent/drive/drive.npz does not exist. It is one of the team's compact files: set "
+     "FEDJAX_MED_DATA to the folder holding drive/drive.npz, or prepare the original download with: python -m "
+     "fedjax_med.data.prepare drive --raw RAW_DOWNLOAD_DIR --out prepared/drive and pass "
+     "--config.data.root=prepared/drive\n"),
 ])
 def test_bad_command_lines_give_one_error_line(tmp_path, args, message):
   result = _main("--config", "configs/fedavg.py", *args, "--workdir", str(tmp_path / "w"), timeout=120)

@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
 def _convert(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   if args.size is not None and (len(args.size) not in (1, 2) or min(args.size) <= 0):
     raise DatasetError(f"--size takes one positive number N or two H W; got {args.size}")
+  if args.out.rstrip("/").endswith(".npz"):
+    folder = args.out.rstrip("/")[:-len(".npz")] or "prepared/" + args.name
+    raise DatasetError(f"--out {args.out} ends in .npz, but prepare writes a folder (arrays.npz + meta.json), "
+                       f"not an .npz file; pass a folder such as --out {folder}, then "
+                       f"--config.data.root={folder}")
   if os.path.exists(args.out):
     raise DatasetError(f"output directory {os.path.abspath(args.out)} exists already; remove it or pick another --out")
   if args.compact:

@@ -360,6 +360,16 @@ def test_prepare_usage_errors_are_one_line(tmp_path, capsys, argv, message):
   assert err.startswith("error: ") and message in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
+def test_prepare_refuses_an_out_ending_in_npz(tmp_path, capsys):
+  out = tmp_path / "drive" / "drive.npz"
+  assert prepare.main(["medmnist", "--raw", str(_medmnist(tmp_path / "m.npz")), "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err == (f"error: --out {out} ends in .npz, but prepare writes a folder (arrays.npz + meta.json), not an .npz "
+                 f"file; pass a folder such as --out {tmp_path}/drive/drive, then --config.data.root="
+                 f"{tmp_path}/drive/drive\n")
+  assert not (tmp_path / "drive").exists()
+
+
 def test_prepare_refuses_an_existing_out(tmp_path, capsys):
   (tmp_path / "o").mkdir()
   assert prepare.main(["medmnist", "--raw", str(_medmnist(tmp_path / "m.npz")), "--out", str(tmp_path / "o")]) == 2

@@ -91,3 +91,20 @@ def test_saved_folder_gets_the_umask_permissions_not_owner_only(tmp_path, umask,
   assert os.stat(out).st_mode & 0o777 == mode
   assert os.stat(os.path.join(out, fmt.ARRAYS_FILE)).st_mode & 0o777 == mode & 0o666
   assert os.listdir(tmp_path) == ["toy"]
+
+
+def test_missing_compact_file_points_prepare_at_a_folder_not_at_the_npz(tmp_path):
+  missing = tmp_path / "data" / "drive" / "drive.npz"
+  with pytest.raises(fmt.DatasetError) as raised:
+    load_dataset("drive", str(missing))
+  message = str(raised.value)
+  assert message.startswith(f"{missing} does not exist. It is one of the team's compact files: set FEDJAX_MED_DATA "
+                            "to the folder holding drive/drive.npz")
+  assert "--raw RAW_DOWNLOAD_DIR --out prepared/drive and pass --config.data.root=prepared/drive" in message
+  assert "--out " + str(missing) not in message  # prepare would make a folder of that name: the old loop
+
+
+def test_a_prepared_folder_named_npz_loads_as_a_prepared_dataset(tmp_path):
+  folder = tmp_path / "drive.npz"  # what following the old message's --out made
+  fmt.save_prepared(_arrays(), {"name": "toy"}, str(folder))
+  assert len(load_dataset("drive", str(folder))) == 4
