@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.accountant = "rdp"  # rdp | pld (pld: poisson sampling only)
   config.privacy.target_epsilon = 0.0  # > 0: stop before a round would exceed it (and calibrate z if z < 0)
   config.privacy.unprotected_messages = ()  # messages besides the update accepted WITHOUT protection
+  # True: the noise and the Poisson draw derive from config.seed (same seed, same noise) -- simulation research
+  # only: anyone holding the config or a checkpoint can recompute and subtract the noise. False (default): a fresh
+  # key from the OS's entropy each round, never written or sent.
+  config.privacy.reproducible_noise = False
 
   # Real deployment over Flower (python -m fedjax_med.deploy.flower; the `flower` extra).
   config.deploy = ml_collections.ConfigDict()

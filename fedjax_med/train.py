@@ -77,15 +77,36 @@ def selection_for(exp: experiment.Experiment, round_num: int | None) -> dict[str
           if round_num is None or participates is None or participates(name, round_num)}
 
 
-def round_selection(exp: experiment.Experiment, server_state, round_num: int) -> dict[str, np.ndarray]:
-  """``selection_for``, narrowed under Poisson DP sampling to the clients the round's draw can count."""
+NOISE_SECURE = "os_entropy"
+NOISE_REPRODUCIBLE = ("reproducible from config.seed: NOT private against anyone holding the config or a checkpoint "
+                      "(simulation research only)")
+
+
+def mechanism_key(exp: experiment.Experiment, server_state) -> np.ndarray | None:
+  """The round's secret key for an algorithm whose server update takes one (DP-FedAvg's noise and Poisson draw):
+  fresh OS entropy, the same on every process of a multi-process run; with ``privacy.reproducible_noise`` derived
+  from the run's PRNG key (not secret). ``None`` for other algorithms."""
+  if not exp.algorithm.server_secret:
+    return None
+  if exp.config.privacy.get("reproducible_noise", False):
+    counter = int(jax.device_get(server_state.round))
+    return np.asarray(privacy.reproducible_key(jax.device_get(server_state.rng), counter))
+  key = privacy.fresh_key()
+  if jax.process_count() > 1:  # every process of the mesh runs the same mechanism: process 0's key for all
+    from jax.experimental import multihost_utils
+
+    key = np.asarray(multihost_utils.broadcast_one_to_all(key))
+  return key
+
+
+def round_selection(exp: experiment.Experiment, round_num: int, secret_key: np.ndarray | None
+                    ) -> dict[str, np.ndarray]:
+  """``selection_for``, narrowed under Poisson DP sampling to the clients the round's draw (with the round's
+  mechanism key ``secret_key``) can count."""
   selection = selection_for(exp, round_num)
   if exp.dp is None or exp.dp.sampling != "poisson":
     return selection
-  counter = int(jax.device_get(server_state.round))  # the mechanism draws with the server state's round counter
-  rng = jax.device_get(server_state.rng)  # a process-local copy: the draw must not need the other processes
-  return {name: privacy.poisson_selection(exp.dp, rng, counter, np.asarray(exp.cohorts[name]))
-          for name in selection}
+  return {name: privacy.poisson_selection(exp.dp, secret_key, np.asarray(exp.cohorts[name])) for name in selection}
 
 
 def check_finite(report: execution.RoundReport, round_num: int, policy: str) -> list[int]:
@@ -148,19 +169,23 @@ def report_of(exp: experiment.Experiment, predict, variables, dataset) -> dict[s
 
 def evaluate(exp: experiment.Experiment, predict, server_state, client_states=None) -> dict[str, Any]:
   """The global model on the evaluation split; with ``eval.per_client``, each client's personalised model on its
-  own site's evaluation rows (``<site>/<metric>``) and the mean over sites (``<metric>``)."""
+  own site's evaluation rows (``<site>/<metric>``) and the mean over sites (``<metric>``), and the same for each of
+  the algorithm's ``eval_variants`` (``<variant>/<site>/<metric>``, ``<variant>/<metric>``)."""
   if not exp.config.eval.per_client:
     return report_of(exp, predict, exp.algorithm.eval_variables(server_state, None), exp.eval_dataset)
-  per_site = {}
-  for cohort, ids in exp.cohorts.items():
-    for position, client in enumerate(ids):
-      state = jax.tree.map(lambda x, p=position: x[p], client_states[cohort])
-      site, rows = experiment.site_rows(exp, client)
-      per_site[site] = report_of(exp, predict, exp.algorithm.eval_variables(server_state, state),
-                                 exp.eval_dataset.select(rows))
-  keys = sorted(set.intersection(*(set(r) for r in per_site.values())))
-  report = {k: float(np.nanmean([r[k] for r in per_site.values()])) for k in keys}
-  report.update({f"{site}/{k}": v for site, r in per_site.items() for k, v in r.items()})
+  models = {"": exp.algorithm.eval_variables, **{f"{name}/": fn for name, fn in
+                                                  (exp.algorithm.eval_variants or {}).items()}}
+  report = {}
+  for prefix, variables_of in models.items():
+    per_site = {}
+    for cohort, ids in exp.cohorts.items():
+      for position, client in enumerate(ids):
+        state = jax.tree.map(lambda x, p=position: x[p], client_states[cohort])
+        site, rows = experiment.site_rows(exp, client)
+        per_site[site] = report_of(exp, predict, variables_of(server_state, state), exp.eval_dataset.select(rows))
+    keys = sorted(set.intersection(*(set(r) for r in per_site.values())))
+    report.update({prefix + k: float(np.nanmean([r[k] for r in per_site.values()])) for k in keys})
+    report.update({f"{prefix}{site}/{k}": v for site, r in per_site.items() for k, v in r.items()})
   return report
 
 
@@ -210,7 +235,8 @@ def privacy_record(exp: experiment.Experiment, rounds: int) -> dict[str, Any]:
   cfg = exp.config.privacy
   eps = privacy.epsilon(exp.dp, rounds, cfg.delta, cfg.accountant, exp.config.aggregation.clients_per_round)
   return {"epsilon": eps, "delta": cfg.delta, "noise_multiplier": exp.dp.noise_multiplier, "clip": exp.dp.clip,
-          "sampling": exp.dp.sampling, "rate": exp.dp.rate, "accountant": cfg.accountant}
+          "sampling": exp.dp.sampling, "rate": exp.dp.rate, "accountant": cfg.accountant,
+          "noise_source": NOISE_REPRODUCIBLE if cfg.get("reproducible_noise", False) else NOISE_SECURE}
 
 
 def privacy_budget_exceeded(exp: experiment.Experiment, rounds: int) -> str | None:
@@ -285,6 +311,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   exp = experiment.build(config)
   if exp.meta.get("synthetic") and lead:
     log.warning("DATA IS SYNTHETIC: the embedded default dataset (%s), not real images", exp.meta["source"])
+  if exp.dp is not None and config.privacy.get("reproducible_noise", False) and lead:
+    log.warning("privacy.reproducible_noise=True: the DP noise is %s", NOISE_REPRODUCIBLE)
   if lead:
     prepare_workdir(config, workdir)
   _sync("fedjax_med:workdir")
@@ -321,8 +349,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log.warning("%s; stopping after round %d", privacy_stop, round_num)
         break
       tick = time.perf_counter()
+      secret = mechanism_key(exp, server_state)  # lives for this round only
       server_state, client_states, report = runner(server_state, client_states, exp.data_for_round(round_num),
-                                                   round_selection(exp, server_state, round_num))
+                                                   round_selection(exp, round_num, secret), secret_key=secret)
+      del secret
       excluded = check_finite(report, round_num, config.aggregation.nonfinite)
       row = round_record(report, round_num, time.perf_counter() - tick, excluded)
       done = rounds_done = round_num + 1

@@ -5,13 +5,17 @@ pixels = ``ignore_index``). The model is :class:`~fedjax_med.models.unet_pcs.UNe
 channel selection at the bottleneck, driven by the site's one-hot embedding, and auxiliary heads). One client
 round of ``ala_steps + head_steps + body_steps`` local steps:
 
-1. adaptive aggregation (a FedALA variant, Zhang et al., AAAI 2023): element-wise weights ``W`` in [0, 1] mix the
-   global and the client's previous decoder, ``theta = theta_g + (theta_local - theta_g) * W``; each ALA step moves
-   ``W <- clip(W - ala_lr * dL/dtheta * (theta_local - theta_g), 0, 1)`` on the partial cross-entropy of a local
+1. adaptive aggregation (FedALA, Zhang et al., AAAI 2023, eq. 4-5): element-wise weights ``W`` in [0, 1] mix the
+   client's previous decoder with the new global one, ``theta = theta_local + (theta_g - theta_local) * W`` (W = 1:
+   take the global decoder, FedALA's initialisation); each ALA step moves
+   ``W <- clip(W - ala_lr * dL/dtheta * (theta_g - theta_local), 0, 1)`` on the partial cross-entropy of a local
    batch. ``W`` persists across rounds (the official code re-initialises it to ones every call, a typo);
-   ALA starts at round ``ala_start_round`` and only once the client holds a decoder of its own;
+   ALA starts at round ``ala_start_round`` and only once the client holds a decoder of its own; before that
+   (and when ALA is inactive) the client starts from the global model;
 2. ``head_steps`` steps training the output layer only, then ``body_steps`` steps training everything else
-   (the official head/body alternation); AdamW re-initialised every round, as the official code;
+   (the official head/body alternation; ``joint=True``: the body steps train every parameter, head included);
+   AdamW re-initialised every round, as the official code. The three kinds of step are the cohort's phases, so
+   a step computes only its own phase (no branch computed and discarded);
 3. the loss: partial cross-entropy + ``crf_weight`` x gated CRF + ``tree_weight`` x multiscale tree energy (image
    tree, then each auxiliary head's tree) + ``lc_weight`` x the site contrastive term
    ``-mean_{k != own} MSE(gate_own, stopgrad(gate_k))`` over the other sites' channel-selection gates (computed
@@ -20,7 +24,12 @@ round of ``ala_steps + head_steps + body_steps`` local steps:
    and batch statistics, as the official strategy).
 
 A site's personalised model (evaluation): the global model with the decoder mixed by the client's ``W``
-(``theta_g + (theta_local - theta_g) * W``) and the client's site embedding.
+(``theta_local + (theta_g - theta_local) * W``, what the site would start its next round from) and the client's
+site embedding. The evaluation variant ``global`` is the global model with the site's embedding (the official test
+script's model).
+
+Earlier versions of this module mixed ``theta_g + (theta_local - theta_g) * W`` with ``W`` starting at 1: every
+site kept its own decoder from its first ALA round on and the server averaged decoders with no common start.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ class Hyper:
   ala_lr: float = 1.0
   ala_start_round: int = 5
   persist_ala: bool = True
+  joint: bool = False
   adaptive: str = r"^params/(up\d+|dec\d+|out)/"
   head: str = r"^params/out/"
 
@@ -69,10 +79,18 @@ class Hyper:
       raise ValueError(f"FedICRA needs at least 2 sites for its site contrastive term; got {self.num_sites}")
     if min(self.ala_steps, self.head_steps, self.body_steps) < 0 or self.head_steps + self.body_steps == 0:
       raise ValueError("config.algorithm.ala_steps, head_steps, body_steps must be >= 0 with some training steps")
+    if not self.joint and not self.head_steps:
+      raise ValueError("config.algorithm.head_steps=0 with joint=False never trains the output layer; set "
+                       "joint=True (the body steps train every parameter) or head_steps > 0")
 
   @property
   def local_steps(self) -> int:
     return self.ala_steps + self.head_steps + self.body_steps
+
+  @property
+  def phases(self) -> tuple[int, int, int]:
+    """Steps of the ALA, head-only and body phases of a round, in order."""
+    return (self.ala_steps, self.head_steps, self.body_steps)
 
 
 def unit_images(images: jax.Array, hp: Hyper) -> jax.Array:
@@ -114,12 +132,13 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
             variables: dict, hp: Hyper) -> FederatedAlgorithm:
   """FedICRA over one cohort ``clients``; batches need ``images``, ``scribbles`` and ``client_index``."""
   adaptive_mask = aggregation.path_mask(variables, hp.adaptive)
-  head_mask = aggregation.path_mask({"params": variables["params"]}, hp.head)["params"]
+  head_mask = jax.tree.map(bool, aggregation.path_mask({"params": variables["params"]}, hp.head)["params"])
   if not any(jax.tree.leaves(adaptive_mask)) or not any(jax.tree.leaves(head_mask)):
     raise ValueError(f"config.algorithm.adaptive={hp.adaptive!r} or head={hp.head!r} matches no model variable")
 
   def mix(global_flat: dict, local_flat: dict, weights: dict) -> dict:
-    return {k: global_flat[k] + (local_flat[k] - global_flat[k]) * weights[k] for k in global_flat}
+    """FedALA's ``theta_local + (theta_g - theta_local) * W`` (W = 1: the global decoder)."""
+    return {k: local_flat[k] + (global_flat[k] - local_flat[k]) * weights[k] for k in global_flat}
 
   def with_site(variables, onehot):
     return {**variables, "site": {"onehot": onehot}}
@@ -135,8 +154,7 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
     active = (server_state.round >= hp.ala_start_round) & (client_state["trained"] > 0)
     ala = client_state["ala"] if hp.persist_ala else jax.tree.map(jnp.ones_like, client_state["ala"])
     return {"variables": server_state.params, "global": flat_select(server_state.params, adaptive_mask),
-            "old_local": client_state["local"], "ala": ala, "active": active, "t": jnp.zeros((), jnp.int32),
-            "site": client_state["site"],
+            "old_local": client_state["local"], "ala": ala, "active": active, "site": client_state["site"],
             "opt_state": client_tx.init(server_state.params["params"])}
 
   def ala_step(local, batch, onehot, rng):
@@ -149,14 +167,14 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
 
     current = mix(local["global"], local["old_local"], local["ala"])
     loss, grads = jax.value_and_grad(pce_of)(current)
-    moved = {k: jnp.clip(local["ala"][k] - hp.ala_lr * grads[k] * (local["old_local"][k] - local["global"][k]),
+    moved = {k: jnp.clip(local["ala"][k] - hp.ala_lr * grads[k] * (local["global"][k] - local["old_local"][k]),
                          0.0, 1.0) for k in grads}
     ala = jax.tree.map(lambda new, old: jnp.where(local["active"], new, old), moved, local["ala"])
     adaptive = jax.tree.map(lambda m, g: jnp.where(local["active"], m, g),
                             mix(local["global"], local["old_local"], ala), local["global"])
     return {**local, "ala": ala, "variables": merge(local["variables"], adaptive)}, loss
 
-  def train_step(local, batch, onehot, rng):
+  def train_step(local, batch, onehot, rng, head_phase: bool):
     variables = local["variables"]
     params, state = variables["params"], {k: v for k, v in variables.items() if k not in ("params", "site")}
 
@@ -167,14 +185,15 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
       return loss, (dict(new_state), metrics)
 
     grads, (new_state, metrics) = jax.grad(objective, has_aux=True)(params)
-    head_phase = local["t"] < hp.ala_steps + hp.head_steps
-    trained = jax.tree.map(lambda is_head: head_phase == is_head, head_mask)  # head phase: head; body: the rest
-    # frozen leaves: zero gradient and parameters kept (their Adam moments decay, unlike torch's skipped params)
-    grads = jax.tree.map(lambda on, g: jnp.where(on, g, 0.0), trained, grads)
+    if head_phase or not hp.joint:  # head phase: the head only; body phase: the rest
+      trained = jax.tree.map(lambda is_head: is_head == head_phase, head_mask)
+      # frozen leaves: zero gradient and parameters kept (their Adam moments decay, unlike torch's skipped params)
+      grads = jax.tree.map(lambda on, g: g if on else jnp.zeros_like(g), trained, grads)
     updates, opt_state = client_tx.update(grads, local["opt_state"], params)
     stepped = optax.apply_updates(params, updates)
-    params = jax.tree.map(lambda on, new, old: jnp.where(on, new, old), trained, stepped, params)
-    variables = {**variables, "params": params, **new_state}  # the site collection stays the global zeros
+    if head_phase or not hp.joint:
+      stepped = jax.tree.map(lambda on, new, old: new if on else old, trained, stepped, params)
+    variables = {**variables, "params": stepped, **new_state}  # the site collection stays the global zeros
     return {**local, "variables": variables, "opt_state": opt_state}, metrics
 
   train_keys = ("loss", "pce") + (("crf",) if hp.crf_weight else ()) + (("tree",) if hp.tree_weight else ()) + (
@@ -184,26 +203,15 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
   train_scale = hp.local_steps / (hp.head_steps + hp.body_steps)
   ala_scale = hp.local_steps / hp.ala_steps if hp.ala_steps else 0.0
 
-  def step(local, batch, rng):
+  def step(local, batch, rng, phase: int):
+    """One local step of ``phase`` (static): 0 = ALA, 1 = head only, 2 = body (every parameter if ``joint``)."""
     onehot = jax.nn.one_hot(batch["client_index"][0], hp.num_sites)
     local = {**local, "site": onehot}
-
-    def run_ala(local):
+    if phase == 0:
       new, pce = ala_step(local, batch, onehot, rng)
       return new, {"ala_pce": pce * ala_scale, **{k: jnp.zeros(()) for k in train_keys}}
-
-    def run_train(local):
-      new, metrics = train_step(local, batch, onehot, rng)
-      return new, {"ala_pce": jnp.zeros(()), **{k: metrics[k] * train_scale for k in train_keys}}
-
-    if not hp.ala_steps:
-      new, metrics = run_train(local)
-    else:
-      # both branches computed and one kept, not lax.cond: on XLA:CPU a conv inside a cond branch runs ~7x slower
-      # (measured: 3.7 s vs 0.54 s per step at the table size), like the scan-body trap of the CPU notes
-      is_ala = local["t"] < hp.ala_steps
-      new, metrics = jax.tree.map(lambda a, b: jnp.where(is_ala, a, b), run_ala(local), run_train(local))
-    return {**new, "t": local["t"] + 1}, metrics
+    new, metrics = train_step(local, batch, onehot, rng, head_phase=phase == 1)
+    return new, {"ala_pce": jnp.zeros(()), **{k: metrics[k] * train_scale for k in train_keys}}
 
   def finish(server_state: ServerState, client_state, local):
     variables = local["variables"]
@@ -226,6 +234,10 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
     personal = jax.tree.map(lambda p, g: jnp.where(trained, p, g), personal, global_flat)
     return with_site(merge(server_state.params, personal), client_state["site"])
 
-  return FederatedAlgorithm(init, {"clients": CohortSpec(client_init, start, step, finish)},
-                            averaging_server_update(server_tx), eval_variables)
+  def global_with_site(server_state: ServerState, client_state):
+    """The official test's model: the global weights with the site's own embedding."""
+    return with_site(server_state.params, client_state["site"])
 
+  return FederatedAlgorithm(init, {"clients": CohortSpec(client_init, start, step, finish, phases=hp.phases)},
+                            averaging_server_update(server_tx), eval_variables,
+                            eval_variants={"global": global_with_site})

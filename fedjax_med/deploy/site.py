@@ -115,9 +115,15 @@ class Coordinator:
     selection = train.selection_for(self.exp, round_num)
     return sorted(int(self.exp.cohorts[name][p]) for name, positions in selection.items() for p in positions)
 
-  def _server_update(self, server_state: ServerState, results: Mapping[str, ClientResults]):
-    new, metrics = self.exp.algorithm.server_update(server_state, results)
+  def _server_update(self, server_state: ServerState, results: Mapping[str, ClientResults], secret_key):
+    secret = (secret_key,) if self.exp.algorithm.server_secret else ()  # DP: the mechanism's key, server-side only
+    new, metrics = self.exp.algorithm.server_update(server_state, results, *secret)
     return new.replace(round=server_state.round + 1), metrics
+
+  def check(self, reply: Reply) -> None:
+    """ValueError unless ``reply`` is from a client of this config and its message has the expected structure."""
+    cohort, _ = _locate(self.exp, reply.site)
+    from_arrays(reply.message, self.message_templates[cohort], f"message of site {reply.site}")
 
   def aggregate(self, replies: Sequence[Reply]) -> tuple[ServerState, dict[str, Any]]:
     """Stacks the replies per cohort in client-id order, drops non-finite ones, runs ``server_update``."""
@@ -133,7 +139,8 @@ class Coordinator:
       weights = execution.client_weights(self.config.aggregation.weighting,
                                          jnp.asarray([r.num_examples for r in mine]), aggregation.is_finite(stacked))
       results[cohort] = ClientResults(stacked, weights, jnp.asarray([r.site for r in mine]))
-    self.server_state, metrics = self._update(self.server_state, results)
+    secret = train.mechanism_key(self.exp, self.server_state)  # drawn here, never sent to a site
+    self.server_state, metrics = self._update(self.server_state, results, secret)
     return self.server_state, {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()}
 
 

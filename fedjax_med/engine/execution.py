@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_med.engine import aggregation, sampling
+from fedjax_med.engine import aggregation, privacy, sampling
 from fedjax_med.engine.types import Batch, ClientResults, CohortSpec, FederatedAlgorithm, PyTree, ServerState
 
 STRATEGIES = ("vmap", "unrolled", "sequential", "stepwise", "sharded")
@@ -115,15 +115,17 @@ class ClientPieces(NamedTuple):
   end: Callable
 
 
-def local_step(spec: CohortSpec, batch_fn: BatchFn, ragged: bool) -> Callable:
+def local_step(spec: CohortSpec, batch_fn: BatchFn, ragged: bool, phase: int | None = None) -> Callable:
   """``step(local_state, (batch_indices [batch], key_loop), arrays, steps, step_index) -> (local_state, metrics)``:
-  one local step on the rows ``batch_indices`` of ``arrays``; with ``ragged`` a client past its own number of
-  steps keeps its state. No input's shape depends on the number of local steps."""
+  one local step (of ``phase``, for a cohort with phases) on the rows ``batch_indices`` of ``arrays``; with
+  ``ragged`` a client past its own number of steps keeps its state. No input's shape depends on the number of
+  local steps."""
+  extra = () if phase is None else (phase,)
 
   def step(local, step_inputs, arrays, steps, index):
     batch_indices, key_loop = step_inputs
     key_batch, key_step = jax.random.split(jax.random.fold_in(key_loop, index))
-    new_local, metrics = spec.step(local, batch_fn(arrays, batch_indices, key_batch), key_step)
+    new_local, metrics = spec.step(local, batch_fn(arrays, batch_indices, key_batch), key_step, *extra)
     if ragged:
       active = index < steps
       new_local = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_local, local)
@@ -133,11 +135,11 @@ def local_step(spec: CohortSpec, batch_fn: BatchFn, ragged: bool) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
-def _shared_jitted_step(spec: CohortSpec, batch_fn: BatchFn, ragged: bool) -> Callable:
-  """The jitted local step of ``stepwise``, one per cohort for every runner: its program does not depend on the
-  number of local steps, so ``auto``'s shortened calibration round and the run's rounds share one compilation (a
-  DenseNet-121 step compiles in 20-40 s on the 2-core CPU)."""
-  return jax.jit(local_step(spec, batch_fn, ragged))
+def _shared_jitted_step(spec: CohortSpec, batch_fn: BatchFn, ragged: bool, phase: int | None = None) -> Callable:
+  """The jitted local step of ``stepwise``, one per cohort (and phase) for every runner: its program does not
+  depend on the number of local steps, so ``auto``'s shortened calibration round and the run's rounds share one
+  compilation (a DenseNet-121 step compiles in 20-40 s on the 2-core CPU)."""
+  return jax.jit(local_step(spec, batch_fn, ragged, phase))
 
 
 def client_pieces(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan) -> ClientPieces:
@@ -152,11 +154,11 @@ def client_pieces(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan) -> Clien
           key_index, count, plan.max_count, plan.num_steps, plan.batch_size, plan.num_epochs)
     return spec.start(server_state, client_state, key_start), (indices, key_loop)
 
-  one_step = local_step(spec, batch_fn, plan.ragged)
+  one_step = {phase: local_step(spec, batch_fn, plan.ragged, phase) for phase, _, _ in spec.segments(plan.num_steps)}
 
-  def step(local, loop_inputs, arrays, steps, index):
+  def step(local, loop_inputs, arrays, steps, index, phase=None):
     indices, key_loop = loop_inputs
-    return one_step(local, (indices[index], key_loop), arrays, steps, index)
+    return one_step[phase](local, (indices[index], key_loop), arrays, steps, index)
 
   def end(server_state, client_state, local, step_metrics, steps):
     active = (jnp.arange(plan.num_steps) < steps).astype(jnp.float32)
@@ -178,10 +180,16 @@ def make_client_round(spec: CohortSpec, batch_fn: BatchFn, plan: LocalPlan, unro
   """
   pieces = client_pieces(spec, batch_fn, plan)
 
+  segments = spec.segments(plan.num_steps)
+
   def client_round(server_state, client_state, arrays, count, steps, client_id):
     local, loop_inputs = pieces.begin(server_state, client_state, count, client_id)
-    body = lambda local, index: pieces.step(local, loop_inputs, arrays, steps, index)
-    local, step_metrics = jax.lax.scan(body, local, jnp.arange(plan.num_steps), unroll=unroll)
+    parts = []
+    for phase, first, end in segments:  # one loop per phase: a step computes only its own phase
+      body = lambda local, index, phase=phase: pieces.step(local, loop_inputs, arrays, steps, index, phase)
+      local, part = jax.lax.scan(body, local, jnp.arange(first, end), unroll=unroll)
+      parts.append(part)
+    step_metrics = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
     return pieces.end(server_state, client_state, local, step_metrics, steps)
 
   return client_round
@@ -241,18 +249,25 @@ class RoundRunner:
     self._pieces = {name: self._jitted_pieces(algorithm.cohorts[name], batch_fns[name], plans[name]) for name in plans}
     self._finalize = jax.jit(self._finalize_round, static_argnames="everyone")
 
-  def __call__(self, server_state, client_states, data, selection):
+  def __call__(self, server_state, client_states, data, selection, secret_key=None):
+    """``secret_key``: uint32[2], the round's secret for an algorithm with ``server_secret`` (a DP mechanism's
+    key); ``None`` draws a fresh one from the OS's entropy. Ignored otherwise."""
     everyone = selects_everyone(selection, data)
     selection = {k: jnp.asarray(v, jnp.int32) for k, v in selection.items()}
+    if not self.algorithm.server_secret:
+      secret_key = None
+    elif secret_key is None:
+      secret_key = privacy.fresh_key()
     if self.strategy in ("sequential", "stepwise"):
       cohort_fn = self._sequential_cohort if self.strategy == "sequential" else self._stepwise_cohort
       per_client = {name: cohort_fn(name, server_state, client_states, data, sel) for name, sel in selection.items()}
       outputs = {name: stack_clients(outputs) for name, outputs in per_client.items()}  # after every dispatch
-      result = self._finalize(server_state, client_states, data, selection, outputs, everyone=everyone)
+      result = self._finalize(server_state, client_states, data, selection, outputs, secret_key, everyone=everyone)
     else:
       if self.strategy == "sharded" and jax.process_count() > 1:
-        server_state, client_states, data, selection = to_global((server_state, client_states, data, selection))
-      result = self._round(server_state, client_states, data, selection, everyone=everyone)
+        server_state, client_states, data, selection, secret_key = to_global(
+            (server_state, client_states, data, selection, secret_key))
+      result = self._round(server_state, client_states, data, selection, secret_key, everyone=everyone)
     server_state, client_states, report = result
     return server_state, client_states, jax.device_get(report)
 
@@ -260,7 +275,7 @@ class RoundRunner:
   def _cohort_inputs(self, data: CohortData, sel):
     return _take(data.arrays, sel), data.counts[sel], data.steps[sel], data.client_ids[sel]
 
-  def _whole_round(self, server_state, client_states, data, selection, everyone=()):
+  def _whole_round(self, server_state, client_states, data, selection, secret_key=None, everyone=()):
     outputs = {}
     for name, sel in selection.items():
       states, (arrays, counts, steps, ids) = _take(client_states[name], sel), self._cohort_inputs(data[name], sel)
@@ -273,7 +288,7 @@ class RoundRunner:
         per_client = [fn(server_state, _take(states, i), _take(arrays, i), counts[i], steps[i], ids[i])
                       for i in range(sel.shape[0])]
         outputs[name] = _stack(per_client)
-    return self._finalize_round(server_state, client_states, data, selection, outputs, everyone)
+    return self._finalize_round(server_state, client_states, data, selection, outputs, secret_key, everyone)
 
   def _sharded_cohort(self, fn, server_state, states, inputs):
     """``vmap`` of ``fn`` with the client axis padded to a multiple of the devices and sharded over them."""
@@ -317,10 +332,16 @@ class RoundRunner:
     def end(server_state, states, local, step_metrics, data: CohortData, index):
       return pieces.end(server_state, _take(states, index), local, _stack(step_metrics), data.steps[index])
 
-    try:
-      step = _shared_jitted_step(spec, batch_fn, plan.ragged)
-    except TypeError:  # an unhashable batch function: this runner's own program
-      step = jax.jit(local_step(spec, batch_fn, plan.ragged))
+    jitted = {}
+    for phase, _, _ in spec.segments(plan.num_steps):
+      try:
+        jitted[phase] = _shared_jitted_step(spec, batch_fn, plan.ragged, phase)
+      except TypeError:  # an unhashable batch function: this runner's own program
+        jitted[phase] = jax.jit(local_step(spec, batch_fn, plan.ragged, phase))
+
+    def step(local, step_inputs, arrays, steps, index: int):  # index: a host int, so the phase is known
+      return jitted[spec.phase_of(index)](local, step_inputs, arrays, steps, index)
+
     return ClientPieces(jax.jit(begin), step, jax.jit(end))
 
   def _stepwise_cohort(self, name, server_state, client_states, data, sel):
@@ -335,7 +356,7 @@ class RoundRunner:
     return per_client
 
   # -- aggregation and server update ------------------------------------------------------------------------------
-  def _finalize_round(self, server_state, client_states, data, selection, outputs, everyone=()):
+  def _finalize_round(self, server_state, client_states, data, selection, outputs, secret_key=None, everyone=()):
     results, new_states, report_metrics, finite_flags, ids = {}, dict(client_states), {}, {}, {}
     for name, (states, messages, metrics) in outputs.items():
       sel, cohort = selection[name], data[name]
@@ -344,7 +365,8 @@ class RoundRunner:
       results[name] = ClientResults(messages, weights, cohort.client_ids[sel])
       new_states[name] = _write_back(client_states[name], states, sel, finite, name in everyone)
       report_metrics[name], finite_flags[name], ids[name] = metrics, finite, cohort.client_ids[sel]
-    new_server, server_metrics = self.algorithm.server_update(server_state, results)
+    secret = (secret_key,) if self.algorithm.server_secret else ()
+    new_server, server_metrics = self.algorithm.server_update(server_state, results, *secret)
     new_server = new_server.replace(round=server_state.round + 1)
     return new_server, new_states, RoundReport(ids, finite_flags, report_metrics, server_metrics)
 

@@ -4,8 +4,15 @@ DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language M
 each participating client's update ``delta`` (the whole variables tree it sends) is clipped to global L2 norm
 ``<= clip``; the server adds Gaussian noise ``N(0, (noise_multiplier * clip)^2)`` to each coordinate of the SUM
 and divides by a FIXED denominator, the expected number of participants ``q * N`` -- not by the realised
-count, which would depend on who took part. Everything happens inside the jitted round, the noise drawn
-from ``fold_in(fold_in(server rng, round), NOISE_STREAM)``.
+count, which would depend on who took part. Everything happens inside the jitted round.
+
+The mechanism's randomness (the Poisson draw and the noise) comes from a fresh per-round key drawn from the
+operating system's entropy (:func:`fresh_key`, ``secrets``) by whoever runs the round; it is never written to a
+checkpoint, a log or the config, and never sent to a site. Anyone holding the config, the checkpoints or the
+broadcast server state (which carries the run's PRNG key, from which every client key derives) therefore cannot
+recompute the noise and subtract it from a published update. ``reproducible=True`` derives the key from the run's
+PRNG key instead (``fold_in(fold_in(rng, round), NOISE_STREAM)``): for simulation research only, where the same
+seed must give the same numbers; it protects nothing against anyone who holds the config or a checkpoint.
 
 Sampling: ``poisson`` -- every client takes part with probability ``q`` independently (simulated by
 zeroing the weight of the clients not drawn, so shapes stay static; the training loop computes only the
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 from collections.abc import Mapping
 
 import jax
@@ -80,9 +88,19 @@ def poisson_mask(key: jax.Array, client_ids: jax.Array, rate: float) -> jax.Arra
   return (draws < rate).astype(jnp.float32)
 
 
-def sampling_key(rng: jax.Array, round_num) -> jax.Array:
+def fresh_key() -> np.ndarray:
+  """uint32[2]: a PRNG key of 64 bits from the operating system's CSPRNG (``secrets``), for one round's mechanism."""
+  return np.frombuffer(secrets.token_bytes(8), dtype=np.uint32).copy()
+
+
+def reproducible_key(rng: jax.Array, round_num) -> jax.Array:
+  """The mechanism key derived from the run's PRNG key (``privacy.reproducible_noise``): NOT secret."""
+  return jax.random.fold_in(jax.random.fold_in(rng, round_num), NOISE_STREAM)
+
+
+def sampling_key(mechanism_key: jax.Array) -> jax.Array:
   """The key of a round's Poisson draw (the first half of the mechanism's key; the noise uses the second)."""
-  return jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, round_num), NOISE_STREAM))[0]
+  return jax.random.split(mechanism_key)[0]
 
 
 def poisson_capacity(num_clients: int, rate: float, sigmas: float = 5.0) -> int:
@@ -92,7 +110,7 @@ def poisson_capacity(num_clients: int, rate: float, sigmas: float = 5.0) -> int:
   return min(num_clients, math.ceil(mean + sigmas * math.sqrt(mean * (1 - rate))) + 1)
 
 
-def poisson_selection(dp: DPConfig, rng: jax.Array, round_num: int, client_ids: np.ndarray) -> np.ndarray:
+def poisson_selection(dp: DPConfig, mechanism_key: jax.Array, client_ids: np.ndarray) -> np.ndarray:
   """Positions (in a cohort of global ``client_ids``) of the clients to compute this round: every client the
   round's Poisson draw picks, filled up to a fixed capacity with undrawn clients (static shapes across rounds).
 
@@ -101,7 +119,7 @@ def poisson_selection(dp: DPConfig, rng: jax.Array, round_num: int, client_ids: 
   ``capacity / N`` of the cost. A draw larger than the capacity computes every client.
   """
   client_ids = np.asarray(client_ids)
-  drawn = np.asarray(poisson_mask(sampling_key(rng, round_num), jnp.asarray(client_ids), dp.rate)) > 0
+  drawn = np.asarray(poisson_mask(sampling_key(mechanism_key), jnp.asarray(client_ids), dp.rate)) > 0
   capacity = poisson_capacity(len(client_ids), dp.rate)
   if drawn.sum() > capacity:
     return np.arange(len(client_ids), dtype=np.int32)
@@ -112,7 +130,7 @@ def poisson_selection(dp: DPConfig, rng: jax.Array, round_num: int, client_ids: 
 def noisy_mean(results: Mapping[str, ClientResults], key: jax.Array, dp: DPConfig) -> tuple[PyTree, dict]:
   """The DP mean of every cohort's ``delta``: (sum of clipped updates + noise) / expected participants."""
   total, count, clipped_count, norms_sum = None, 0.0, 0.0, 0.0
-  k_sample, k_noise = jax.random.split(key)  # k_sample = sampling_key(rng, round)
+  k_sample, k_noise = jax.random.split(key)  # k_sample = sampling_key(key)
   for result in results.values():
     taking_part = (result.weights > 0).astype(jnp.float32)
     if dp.sampling == "poisson":
@@ -133,16 +151,20 @@ def noisy_mean(results: Mapping[str, ClientResults], key: jax.Array, dp: DPConfi
 
 
 def with_dp(algorithm: FederatedAlgorithm, dp: DPConfig) -> FederatedAlgorithm:
-  """``algorithm`` whose server sees only the DP mean of the updates (as one pseudo-client of weight 1)."""
+  """``algorithm`` whose server sees only the DP mean of the updates (as one pseudo-client of weight 1).
 
-  def server_update(state: ServerState, results: Mapping[str, ClientResults]):
+  Its ``server_update`` takes the round's mechanism key as a third argument (``server_secret``): the caller draws
+  it (:func:`fresh_key`, or :func:`reproducible_key` in the opt-in reproducible mode) and passes the same key to
+  :func:`poisson_selection`.
+  """
+
+  def server_update(state: ServerState, results: Mapping[str, ClientResults], mechanism_key: jax.Array):
     for name, result in results.items():
       extra = sorted(set(result.messages) - {"delta"} - set(dp.unprotected_messages))
       if extra:
         raise ValueError(f"DP-FedAvg protects parameter updates only; cohort {name!r} also sends {extra}. "
                          "List them in config.privacy.unprotected_messages to accept them unprotected.")
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), NOISE_STREAM)
-    mean, metrics = noisy_mean(results, key, dp)
+    mean, metrics = noisy_mean(results, mechanism_key, dp)
     private = {DP_COHORT: ClientResults({"delta": jax.tree.map(lambda x: x[None], mean)}, jnp.ones(1),
                                         jnp.full((1,), -1, jnp.int32))}
     others = {n: r._replace(messages={k: v for k, v in r.messages.items() if k != "delta"},
@@ -150,7 +172,9 @@ def with_dp(algorithm: FederatedAlgorithm, dp: DPConfig) -> FederatedAlgorithm:
     new_state, server_metrics = algorithm.server_update(state, {**others, **private})
     return new_state, {**server_metrics, **metrics, "dp_update_norm": optax.tree.norm(mean["params"])}
 
-  return algorithm._replace(server_update=server_update)
+  if algorithm.server_secret:
+    raise ValueError("with_dp: the algorithm's server update already takes a secret key (DP applied twice?)")
+  return algorithm._replace(server_update=server_update, server_secret=True)
 
 
 # -- accounting (host side) -----------------------------------------------------------------------------------------

@@ -74,12 +74,44 @@ class CohortSpec(NamedTuple):
     step: ``(local_state, batch, rng) -> (local_state, metrics)``; scalar metrics.
     finish: ``(server_state, client_state, local_state) -> (client_state, message,
       metrics)``; ``message`` is what crosses the wire to the server.
+    phases: ``()`` (every step is the same function) or the lengths of consecutive
+      phases of the local update (e.g. ``(2, 10)``: 2 steps of one kind, then 10 of
+      another). With phases, ``step`` takes a fourth, static argument, the phase
+      index, and the engine lowers each phase as its own loop or program: a step
+      computes only its own phase's work (no branch computed and discarded). The
+      lengths must add up to the cohort's local steps; every phase returns the
+      same metric keys.
   """
 
   client_init: Callable[[PyTree, jax.Array], PyTree]
   start: Callable[[ServerState, PyTree, jax.Array], PyTree]
-  step: Callable[[PyTree, Batch, jax.Array], tuple[PyTree, Metrics]]
+  step: Callable[..., tuple[PyTree, Metrics]]
   finish: Callable[[ServerState, PyTree, PyTree], tuple[PyTree, PyTree, Metrics]]
+  phases: tuple[int, ...] = ()
+
+  def phase_of(self, index: int) -> int | None:
+    """The phase (static) of local step ``index``; ``None`` for a cohort without phases."""
+    if not self.phases:
+      return None
+    end = 0
+    for phase, length in enumerate(self.phases):
+      end += length
+      if index < end:
+        return phase
+    raise ValueError(f"local step {index} is past the cohort's phases {self.phases} (they must add up to the "
+                     "local steps)")
+
+  def segments(self, num_steps: int) -> list[tuple[int | None, int, int]]:
+    """``(phase, first step, end step)`` of each phase; one ``(None, 0, num_steps)`` without phases."""
+    if not self.phases:
+      return [(None, 0, num_steps)]
+    if sum(self.phases) != num_steps:
+      raise ValueError(f"the cohort's phases {self.phases} add up to {sum(self.phases)} local steps, the local "
+                       f"plan has {num_steps} (config.client.local_steps)")
+    bounds = [0]
+    for length in self.phases:
+      bounds.append(bounds[-1] + length)
+    return [(p, a, b) for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
 
 
 class FederatedAlgorithm(NamedTuple):
@@ -96,6 +128,12 @@ class FederatedAlgorithm(NamedTuple):
       trains in a round (e.g. a warm-up of the labeled clients alone); ``None`` =
       every cohort every round. A round without a cohort is a different program
       (compiled once), and ``server_update`` receives results only for those present.
+    eval_variants: ``None`` or name -> ``(server_state, client_state) -> variables``: more per-client models to
+      evaluate beside ``eval_variables`` when clients are evaluated one by one (e.g. the global model with a
+      site's own embedding beside the personalised model); reported as ``<name>/<metric>``.
+    server_secret: whether ``server_update`` takes a third argument, a fresh per-round PRNG key that nothing
+      on disk or on the wire determines (a DP mechanism's noise and sampling, ``engine.privacy``). The caller of
+      a round supplies it; the engine never stores it.
   """
 
   init: Callable[[PyTree, jax.Array], ServerState]
@@ -103,3 +141,5 @@ class FederatedAlgorithm(NamedTuple):
   server_update: Callable[[ServerState, Mapping[str, ClientResults]], tuple[ServerState, Metrics]]
   eval_variables: Callable[[ServerState, PyTree | None], PyTree]
   participates: Callable[[str, int], bool] | None = None
+  eval_variants: Mapping[str, Callable[[ServerState, PyTree], PyTree]] | None = None
+  server_secret: bool = False

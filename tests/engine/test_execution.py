@@ -176,3 +176,50 @@ def test_stepwise_runners_of_one_cohort_share_one_compiled_step_whatever_their_n
   for runner, d in zip(runners, (short_data, data)):
     runner(server, clients, d, {"clients": np.arange(3)})
   assert step._cache_size() == 1
+
+
+def _phased_algorithm(phases, traced):
+  """A toy cohort whose phases differ: phase 0 adds 1, phase 1 doubles, phase 2 subtracts 3 (order matters)."""
+  from fedjax_med.engine.types import CohortSpec, FederatedAlgorithm, ServerState
+
+  def step(local, batch, rng, phase):
+    del batch, rng
+    traced.add(phase)
+    x = local["x"]
+    x = x + 1.0 if phase == 0 else (x * 2.0 if phase == 1 else x - 3.0)
+    return {"x": x}, {"phase": jnp.asarray(float(phase))}
+
+  spec = CohortSpec(lambda v, r: {}, lambda s, c, r: {"x": s.params["x"]}, step,
+                    lambda s, c, local: (c, {"delta": {"x": local["x"] - s.params["x"]}}, {}), phases=phases)
+
+  def server_update(state, results):
+    result = results["clients"]
+    return state.replace(params=jax.tree.map(jnp.add, state.params, aggregation.weighted_mean(
+        result.messages["delta"], result.weights))), {}
+
+  init = lambda v, r: ServerState(v, (), jnp.zeros((), jnp.int32), r, {})
+  return FederatedAlgorithm(init, {"clients": spec}, server_update, lambda s, c: s.params)
+
+
+@pytest.mark.parametrize("strategy", execution.STRATEGIES)
+def test_a_cohort_with_phases_runs_each_phase_in_order_and_only_its_own_step(strategy):
+  traced = set()
+  algorithm = _phased_algorithm((2, 0, 3, 1), traced)  # the empty phase 1 never runs
+  data, plan = cohort_data([toy_client(i, 6) for i in range(2)], [0, 1], 2, 6, 0.0)
+  batch_fns = {"clients": image_batch_fn((0.5,), (0.25,), flips=False)}
+  runner = execution.RoundRunner(algorithm, batch_fns, {"clients": plan}, strategy=strategy, unroll=True,
+                                 weighting="uniform")
+  server = algorithm.init({"x": jnp.zeros(())}, jax.random.PRNGKey(0))
+  server, _, report = runner(server, {"clients": {}}, {"clients": data}, {"clients": np.arange(2)})
+  # 0 +1 +1 = 2; -3 -3 -3 = -7; phase 3 (-3 too: any phase > 1 subtracts) = -10
+  np.testing.assert_allclose(server.params["x"], -10.0)
+  np.testing.assert_allclose(report.metrics["clients"]["phase"], [(0 + 0 + 2 + 2 + 2 + 3) / 6] * 2)
+  assert traced == {0, 2, 3}
+
+
+def test_phases_that_do_not_add_up_to_the_local_steps_are_refused():
+  algorithm = _phased_algorithm((2, 3), set())
+  data, plan = cohort_data([toy_client(0, 6)], [0], 2, 4, 0.0)
+  with pytest.raises(ValueError, match=r"phases \(2, 3\) add up to 5 local steps, the local plan has 4"):
+    execution.RoundRunner(algorithm, {"clients": image_batch_fn((0.5,), (0.25,), flips=False)}, {"clients": plan},
+                          strategy="sequential", unroll=True, weighting="uniform")

@@ -8,6 +8,7 @@ import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from dp_accounting import rdp
 
@@ -110,11 +111,13 @@ def test_poisson_rounds_compute_a_capacity_subset_and_give_the_all_clients_resul
   capacity = privacy.poisson_capacity(16, 0.1)
   assert capacity < 16
   for r in range(3):
-    narrowed = train.round_selection(exp, server, r)[cohort]
-    drawn = np.asarray(privacy.poisson_mask(privacy.sampling_key(server.rng, r), jnp.asarray(ids), 0.1)) > 0
+    secret = privacy.fresh_key()
+    narrowed = train.round_selection(exp, r, secret)[cohort]
+    drawn = np.asarray(privacy.poisson_mask(privacy.sampling_key(jnp.asarray(secret)), jnp.asarray(ids), 0.1)) > 0
     assert len(narrowed) == capacity and set(np.flatnonzero(drawn)) <= set(narrowed.tolist())
-    full_server, _, full_report = runner(server, clients, exp.data, {cohort: np.arange(16, dtype=np.int32)})
-    server, clients, report = runner(server, clients, exp.data, {cohort: narrowed})
+    full_server, _, full_report = runner(server, clients, exp.data, {cohort: np.arange(16, dtype=np.int32)},
+                                         secret_key=secret)
+    server, clients, report = runner(server, clients, exp.data, {cohort: narrowed}, secret_key=secret)
     assert report.server_metrics["dp_participants"] == drawn.sum() == full_report.server_metrics["dp_participants"]
     for a, b in zip(jax.tree.leaves(full_server.params), jax.tree.leaves(server.params)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -171,3 +174,64 @@ def test_the_dp_ham10000_config_calibrates_to_its_target(arg, tmp_path):
     spent = rows[-1]["privacy"]["epsilon"]
     assert 1.0 < spent <= 2.0 and rows[-1]["privacy"]["noise_multiplier"] > 0  # calibrated for 3 rounds at q = 0.1
   assert np.isfinite(summary["eval"]["macro_auroc"])
+
+
+def _published_and_recomputed_noise(workdir, round_num: int):
+  """The attacker: from the files a run wrote (its config and checkpoints) only, the DP mean the server applied in
+  ``round_num`` (server SGD at lr 1: the parameter change) and the noise recomputed from every key those files
+  determine; returns (published mean, [candidate noise means])."""
+  import ml_collections
+
+  config = ml_collections.ConfigDict(json.load(open(workdir / train.FULL_CONFIG_FILE)))
+  exp = experiment.build(config)
+  template = experiment.state_tree(*experiment.initial_state(exp))
+  checkpoints = train.Checkpointer(str(workdir / "checkpoints"), max_to_keep=config.checkpoint.keep)
+  before = checkpoints.restore(round_num, template)[0]["server"]
+  after = checkpoints.restore(round_num + 1, template)[0]["server"]
+  checkpoints.close()
+  published = jax.tree.map(jnp.subtract, after.params, before.params)
+  nobody = {"clients": ClientResults({"delta": jax.tree.map(lambda x: jnp.zeros((1,) + x.shape), published)},
+                                     jnp.zeros(1), jnp.zeros(1, jnp.int32))}
+  keys = [privacy.reproducible_key(before.rng, round_num), privacy.reproducible_key(after.rng, round_num),
+          privacy.reproducible_key(jax.random.PRNGKey(config.seed), round_num), jax.random.PRNGKey(config.seed)]
+  return published, [privacy.noisy_mean(nobody, key, exp.dp)[0] for key in keys]
+
+
+def _distance(a, b) -> float:
+  return float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
+
+
+@pytest.mark.parametrize("reproducible", [False, True], ids=["secure", "reproducible"])
+def test_the_noise_cannot_be_recomputed_from_the_files_a_run_writes(reproducible, tmp_path, monkeypatch):
+  issued = []
+  real_fresh_key = privacy.fresh_key
+  monkeypatch.setattr(privacy, "fresh_key", lambda: issued.append(real_fresh_key()) or issued[-1])
+  clip = 0.05
+  runs = []
+  for name in ("a", "b"):  # the same config twice
+    config = _dp_config(clip=clip, noise_multiplier=100.0, rate=1.0, reproducible_noise=reproducible)
+    config.num_rounds, config.checkpoint.keep, config.checkpoint.every = 3, 5, 1
+    train.run(config, str(tmp_path / name))
+    runs.append(tmp_path / name)
+  published, candidates = _published_and_recomputed_noise(runs[0], 1)
+  # the clipped mean has norm <= clip; the noise mean ~ z clip sqrt(d) / N, thousands of times larger
+  best = min(_distance(published, noise) for noise in candidates)
+  other_run, _ = _published_and_recomputed_noise(runs[1], 1)
+  results = json.load(open(runs[0] / train.RESULTS_FILE))
+  if reproducible:  # the control: the attack works, and the results say so
+    assert best <= clip * 1.001
+    assert _distance(published, other_run) < 1e-5  # same seed, same noise
+    assert "NOT private" in results["privacy"]["noise_source"]
+    assert not issued
+  else:
+    assert best > 100 * clip  # no key on disk recomputes the noise
+    assert _distance(published, other_run) > 100 * clip  # two runs of one config draw different noise
+    assert results["privacy"]["noise_source"] == train.NOISE_SECURE
+    assert len(issued) == 6  # one key per round, 3 rounds x 2 runs
+    # no issued key is written anywhere in the workdirs, in any of the encodings a file might hold it
+    patterns = [p for key in issued for p in (key.tobytes(), key.astype(">u4").tobytes(),
+                                              str(int(key[0])).encode(), str(int(key[1])).encode())
+                if len(p) >= 7]  # a short decimal could match a metric's digits by chance
+    for path in (p for run in runs for p in run.rglob("*") if p.is_file()):
+      content = path.read_bytes()
+      assert not any(p in content for p in patterns), path
