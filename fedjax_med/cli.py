@@ -61,12 +61,39 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("workdirs", name)
 
 
+def workdir_problem(workdir: str) -> str | None:
+  """Why the run could not write ``workdir`` (None when it can): checked before the data is loaded, so a
+  read-only or mistyped location fails at once and leaves nothing behind."""
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.lexists(existing):  # the deepest part of the path that exists
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f"workdir {workdir} cannot be created: {existing} is a file, not a folder; pass another --workdir"
+  checkpoints = os.path.join(path, "checkpoints")
+  for target in (existing, checkpoints) if os.path.isdir(checkpoints) else (existing,):
+    if os.access(target, os.W_OK | os.X_OK):
+      continue
+    try:
+      read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+    except OSError:
+      read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable by this user"
+    where = f"workdir {workdir}" if target == path else f"workdir {workdir} cannot be written: {target}"
+    return f"{where} {why}; pass --workdir DIR on a writable disk"
+  return None
+
+
 def main(config: ml_collections.ConfigDict, workdir: str | None, config_path: str) -> int:
   """Runs training; expected failures print one ``error: ...`` line and exit with status 2."""
   from fedjax_med import train  # importing JAX is allowed before jax.distributed.initialize; computing is not
   from fedjax_med.engine import distributed
 
   workdir = workdir or default_workdir(config_path)
+  problem = workdir_problem(workdir)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
   try:
     settings = distributed.settings_from_env()  # multi-host: FEDJAX_MED_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID
     if settings is not None:
@@ -77,5 +104,12 @@ def main(config: ml_collections.ConfigDict, workdir: str | None, config_path: st
     return 2
   except ValueError as e:  # builder-level validation (models, partitioners, algorithms)
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # the workdir stopped being writable during the run (disk full, remounted read-only)
+    inside = e.filename and os.path.abspath(str(e.filename)).startswith(os.path.abspath(workdir) + os.sep)
+    if not (inside or e.filename and os.path.abspath(str(e.filename)) == os.path.abspath(workdir)):
+      raise
+    print(f"error: cannot write {e.filename}: {e.strerror}; free space or pass --workdir DIR on a writable disk "
+          "(the run resumes from its last checkpoint)", file=sys.stderr)
     return 2
   return 0

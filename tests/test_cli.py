@@ -112,3 +112,65 @@ def test_bad_command_lines_give_one_error_line(tmp_path, args, message):
 def test_missing_config_file_is_named():
   result = _main("--config", "configs/no_such_config.py", timeout=60)
   assert result.returncode == 2 and "error: config file not found: configs/no_such_config.py" in result.stderr
+
+
+def _read_only_command(folder):
+  """A command prefix under which ``folder`` is read-only: its mode 0555 for a normal user; for root (whom modes do
+  not stop) a read-only bind mount in a private mount namespace. None when neither is possible here."""
+  import shutil
+
+  if os.geteuid() != 0:
+    os.chmod(folder, 0o555)
+    return []
+  script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+  prefix = ["unshare", "-m", "sh", "-c", script, str(folder)]
+  if shutil.which("unshare") is None or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+    return None
+  return prefix
+
+
+def test_read_only_workdir_is_one_error_line_before_any_work(tmp_path):
+  folder = tmp_path / "ro"
+  folder.mkdir()
+  prefix = _read_only_command(folder)
+  if prefix is None:
+    pytest.skip("cannot make a read-only folder here (root without mount namespaces)")
+  result = subprocess.run([*prefix, sys.executable, "main.py", "--config", "configs/fedavg.py", "--workdir",
+                           str(folder / "run")], cwd=REPO, capture_output=True, text=True, timeout=120)
+  os.chmod(folder, 0o755)
+  assert result.returncode == 2, result.stderr[-2000:]
+  reason = "is on a read-only file system" if prefix else "is not writable by this user"
+  assert result.stderr.endswith(f"error: workdir {folder}/run cannot be written: {folder} {reason}; pass --workdir "
+                                "DIR on a writable disk\n"), result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and "DATA IS SYNTHETIC" not in result.stderr  # before the data is built
+  assert os.listdir(folder) == []
+
+
+def test_workdir_under_a_file_is_one_error_line(tmp_path):
+  (tmp_path / "afile").write_text("")
+  result = _main("--config", "configs/fedavg.py", "--workdir", str(tmp_path / "afile" / "run"), timeout=120)
+  assert result.returncode == 2 and result.stderr.endswith(
+      f"error: workdir {tmp_path}/afile/run cannot be created: {tmp_path}/afile is a file, not a folder; pass "
+      "another --workdir\n"), result.stderr[-2000:]
+
+
+def test_workdir_failing_during_the_run_is_one_error_line(tmp_path, monkeypatch, capsys):
+  import errno
+
+  from fedjax_med import cli, train
+
+  def full_disk(config, workdir):
+    raise OSError(errno.ENOSPC, "No space left on device", os.path.join(workdir, "checkpoints", "3"))
+
+  monkeypatch.setattr(train, "run", full_disk)
+  assert cli.main(tiny_config(), str(tmp_path / "w"), "configs/fedavg.py") == 2
+  assert capsys.readouterr().err == (f"error: cannot write {tmp_path}/w/checkpoints/3: No space left on device; free "
+                                     "space or pass --workdir DIR on a writable disk (the run resumes from its last "
+                                     "checkpoint)\n")
+
+  def elsewhere(config, workdir):
+    raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/else")
+
+  monkeypatch.setattr(train, "run", elsewhere)
+  with pytest.raises(OSError):  # not the workdir: a real failure keeps its traceback
+    cli.main(tiny_config(), str(tmp_path / "w"), "configs/fedavg.py")
