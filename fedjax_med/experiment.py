@@ -56,6 +56,43 @@ def select_channels(dataset: PreparedDataset, channels: tuple[int, ...]) -> Prep
   return PreparedDataset(arrays, dataset.meta)
 
 
+EXAMPLE_CONFIGS = {"classification": "configs/fedavg_ham10000.py", "segmentation": "configs/fedavg_drive.py"}
+
+
+def check_data_fits(config: ml_collections.ConfigDict, dataset: PreparedDataset) -> None:
+  """Raises ValueError (one line naming the key, the dataset and what to change) when the config asks the data for
+  channels it lacks, or its task for labels the data does not have."""
+  where = f"dataset {config.data.name!r}" + (f" ({config.data.root})" if config.data.root else "")
+  meta = dataset.meta
+  labels = dataset.has("labels") and bool((dataset.arrays["labels"] >= 0).any()) and meta.get("num_classes", 0) > 0
+  masks = dataset.has("masks") and meta.get("num_mask_classes", 0) > 0
+  weak = (dataset.has("scribbles") or dataset.has("masks")) and meta.get("num_mask_classes", 0) > 0
+  task = config.task.name
+  needs = {"classification": ("class labels", labels),
+           "segmentation": ("segmentation masks", masks),
+           "weak_segmentation": ("scribbles or segmentation masks", weak),
+           "multitask": ("segmentation masks", masks)}
+  if task == "multitask" and not config.data.cls_source.name and masks and not labels:
+    needs["multitask"] = ("class labels (or a config.data.cls_source)", False)
+  what, present = needs.get(task, ("", True))
+  if not present:
+    raise ValueError(_missing_labels_message(task, what, where, dataset, labels, masks))
+  num_channels = dataset.arrays["images"].shape[-1]
+  channels = tuple(config.data.channels)
+  if any(not 0 <= c < num_channels for c in channels):
+    raise ValueError(f"config.data.channels={channels} picks channels its images do not have: the images of {where} "
+                     f"have {num_channels} channel(s); pick from 0..{num_channels - 1}, or () for all")
+
+
+def _missing_labels_message(task: str, what: str, where: str, dataset: PreparedDataset, labels: bool,
+                            masks: bool) -> str:
+  kind = "classification" if labels else "segmentation" if masks else ""
+  has = f"it is a {kind} dataset" if kind else "it has neither class labels nor masks"
+  fix = f"run a {kind} config on it (e.g. {EXAMPLE_CONFIGS[kind]}), or " if kind else ""
+  return (f"config.task.name={task!r} needs {what}, but {where} has none: {has} (columns: "
+          f"{', '.join(sorted(dataset.arrays))}); {fix}point config.data.root at a dataset with {what}")
+
+
 def partition_rows(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed: int) -> np.ndarray:
   """``client_of_row`` for the training rows by ``cfg.method`` (see data/partition.py)."""
   group = train.arrays["group"]
@@ -211,6 +248,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     clients, eval_dataset, meta, image_shape = tfds_clients(config)
   else:
     dataset = load_dataset(config.data.name, config.data.root, dict(config.data.synthetic))
+    check_data_fits(config, dataset)
     dataset = select_channels(dataset, tuple(config.data.channels))
     dataset = resize.downsample(dataset, config.data.downsample)
     train, eval_dataset, meta = dataset.split("train"), dataset.split(config.data.eval_split), dataset.meta

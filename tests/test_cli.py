@@ -174,3 +174,15 @@ def test_workdir_failing_during_the_run_is_one_error_line(tmp_path, monkeypatch,
   monkeypatch.setattr(train, "run", elsewhere)
   with pytest.raises(OSError):  # not the workdir: a real failure keeps its traceback
     cli.main(tiny_config(), str(tmp_path / "w"), "configs/fedavg.py")
+
+
+def test_segmentation_config_on_a_classification_dataset_is_one_error_line(tmp_path, data_root):
+  root = os.path.join(data_root, "pneumoniamnist", "pneumoniamnist_28.npz")
+  result = _main("--config", "configs/fedavg_drive.py", "--config.data.name=pneumoniamnist",
+                 f"--config.data.root={root}", "--workdir", str(tmp_path / "w"), timeout=120)
+  assert result.returncode == 2 and result.stderr.endswith(
+      f"error: config.task.name='segmentation' needs segmentation masks, but dataset 'pneumoniamnist' ({root}) has "
+      "none: it is a classification dataset (columns: group, images, labels, site, split); run a classification "
+      "config on it (e.g. configs/fedavg_ham10000.py), or point config.data.root at a dataset with segmentation "
+      "masks\n"), result.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
