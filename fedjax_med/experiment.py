@@ -93,6 +93,18 @@ def _missing_labels_message(task: str, what: str, where: str, dataset: PreparedD
           f"{', '.join(sorted(dataset.arrays))}); {fix}point config.data.root at a dataset with {what}")
 
 
+def check_patch_size(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> None:
+  """Raises ValueError when ``data.batch_mode='patches'`` asks for patches larger than the images."""
+  if config.data.batch_mode != "patches":
+    return
+  height, width = image_shape[:2]
+  if not 0 < config.data.patch_size <= min(height, width):
+    after = f" after config.data.downsample={config.data.downsample}" if config.data.downsample > 1 else ""
+    raise ValueError(f"config.data.patch_size={config.data.patch_size} does not fit the {height}x{width} images of "
+                     f"dataset {config.data.name!r}{after}; set --config.data.patch_size to 1..{min(height, width)}, "
+                     "or --config.data.batch_mode=images to train on whole images")
+
+
 def partition_rows(train: PreparedDataset, cfg: ml_collections.ConfigDict, seed: int) -> np.ndarray:
   """``client_of_row`` for the training rows by ``cfg.method`` (see data/partition.py)."""
   group = train.arrays["group"]
@@ -253,6 +265,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     dataset = resize.downsample(dataset, config.data.downsample)
     train, eval_dataset, meta = dataset.split("train"), dataset.split(config.data.eval_split), dataset.meta
     image_shape = train.arrays["images"].shape[1:]
+    check_patch_size(config, image_shape)
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
       train = volumes.to_volumes(train, config.data.num_partitions)
     if config.data.batch_mode == "multitask" and config.data.cls_source.name:

@@ -100,6 +100,9 @@ def test_a_half_written_checkpoint_directory_is_ignored(tmp_path):
      "FEDJAX_MED_DATA to the folder holding drive/drive.npz, or prepare the original download with: python -m "
      "fedjax_med.data.prepare drive --raw RAW_DOWNLOAD_DIR --out prepared/drive and pass "
      "--config.data.root=prepared/drive\n"),
+    (["--config.data.batch_mode=patches", "--config.data.patch_size=64"],
+     "error: config.data.patch_size=64 does not fit the 32x32 images of dataset 'synthetic'; set "
+     "--config.data.patch_size to 1..32, or --config.data.batch_mode=images to train on whole images\n"),
 ])
 def test_bad_command_lines_give_one_error_line(tmp_path, args, message):
   result = _main("--config", "configs/fedavg.py", *args, "--workdir", str(tmp_path / "w"), timeout=120)

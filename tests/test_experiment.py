@@ -1,5 +1,7 @@
 """experiment.build refuses data that does not fit the config with one line naming the key and the dataset."""
 
+import os
+
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -47,7 +49,24 @@ def test_channels_the_images_lack_are_named(tmp_path):
     experiment.build(tiny_config(data__name="toy", data__root=root, data__channels=(1,)))
 
 
+@pytest.mark.parametrize("patch_size", [17, 0])
+def test_patches_larger_than_the_images_are_named(tmp_path, patch_size):
+  root = _prepared(tmp_path / "small")
+  config = tiny_config(task__name="segmentation", data__name="toy", data__root=root, data__batch_mode="patches",
+                       data__patch_size=patch_size)
+  with pytest.raises(ValueError) as raised:
+    experiment.build(config)
+  assert str(raised.value) == (
+      f"config.data.patch_size={patch_size} does not fit the 16x16 images of dataset 'toy'; set "
+      "--config.data.patch_size to 1..16, or --config.data.batch_mode=images to train on whole images")
+  config.data.downsample = 2
+  with pytest.raises(ValueError, match="the 8x8 images of dataset 'toy' after config.data.downsample=2; .* to 1..8,"):
+    experiment.build(config)
+  assert sorted(os.listdir(tmp_path)) == ["small"]
+
+
 def test_data_that_fits_builds(tmp_path):
   root = _prepared(tmp_path / "both")
-  exp = experiment.build(tiny_config(task__name="segmentation", data__name="toy", data__root=root))
+  exp = experiment.build(tiny_config(task__name="segmentation", data__name="toy", data__root=root,
+                                     data__batch_mode="patches", data__patch_size=16))
   assert exp.meta["num_mask_classes"] == 2
