@@ -3,7 +3,10 @@
 One markdown row per workdir: its final evaluation metrics (from ``results.json``), the rounds, the
 training seconds summed over ``metrics.jsonl`` (compilation included, evaluation excluded) and the
 strategy. With ``--over-seeds``, workdirs named ``<run>_s<seed>`` are grouped into one row per ``<run>``:
-mean ± sample standard deviation (ddof=1) of each metric over the seeds, and the mean training time.
+mean ± sample standard deviation (ddof=1) of each metric over the seeds, and the mean training time. With
+``--paired-baseline RUN`` (and ``--over-seeds``) a second table gives, for every other run, the mean over the seeds
+both ran of the per-seed difference ``run - RUN`` and its 95 % confidence interval (Student's t with n - 1 degrees
+of freedom: paired seeds share their data draws, so the seed-to-seed spread cancels in the difference).
 """
 
 from __future__ import annotations
@@ -27,16 +30,17 @@ def run_row(workdir: str, metric_names: list[str]) -> dict:
     results = json.load(f)
   seconds = sum(r.get("seconds", 0.0) for r in read_metrics(workdir))
   values = {m: results["eval"].get(m) for m in metric_names}
+  skipped = sum(1 for r in read_metrics(workdir) if r.get("excluded"))  # also for runs older than the results key
   return {"run": os.path.basename(os.path.normpath(workdir)), "rounds": results["rounds"], "train_s": seconds,
-          "strategy": results["strategy"], **values}
+          "strategy": results["strategy"], "skipped_rounds": skipped, **values}
 
 
 def markdown(rows: list[dict], metric_names: list[str]) -> str:
-  header = ["run", *metric_names, "rounds", "train time (s)", "strategy"]
+  header = ["run", *metric_names, "rounds", "rounds with skipped clients", "train time (s)", "strategy"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [row["run"], *[("n/a" if row[m] is None else f"{row[m]:.4f}") for m in metric_names], str(row["rounds"]),
-             f"{row['train_s']:.0f}", row["strategy"]]
+             str(row["skipped_rounds"]), f"{row['train_s']:.0f}", row["strategy"]]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -64,13 +68,51 @@ def _mean_std(values: list) -> str:
 
 
 def markdown_over_seeds(rows: list[dict], metric_names: list[str]) -> str:
-  header = ["run", *metric_names, "seeds", "rounds", "mean train time (s)", "strategy"]
+  header = ["run", *metric_names, "seeds", "rounds", "rounds with skipped clients", "mean train time (s)",
+            "strategy"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for run, group in seed_groups(rows).items():
     seeds = ",".join(SEED_SUFFIX.match(r["run"])["seed"] for r in group)
     cells = [run, *[_mean_std([r[m] for r in group]) for m in metric_names], seeds,
-             "/".join(sorted({str(r["rounds"]) for r in group})), f"{np.mean([r['train_s'] for r in group]):.0f}",
+             "/".join(sorted({str(r["rounds"]) for r in group})), str(sum(r["skipped_rounds"] for r in group)),
+             f"{np.mean([r['train_s'] for r in group]):.0f}",
              "/".join(sorted({r["strategy"] for r in group}))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def paired_difference(values: dict[str, float], baseline: dict[str, float], level: float = 0.95
+                      ) -> tuple[float, float, float, int]:
+  """(mean, CI low, CI high, pairs) of ``values[seed] - baseline[seed]`` over the seeds both have (Student's t);
+  the interval is (nan, nan) with fewer than 2 pairs."""
+  from scipy import stats
+
+  seeds = sorted(set(values) & set(baseline))
+  diffs = np.array([values[s] - baseline[s] for s in seeds], dtype=float)
+  if len(diffs) == 0:
+    return float("nan"), float("nan"), float("nan"), 0
+  mean = float(np.mean(diffs))
+  if len(diffs) < 2:
+    return mean, float("nan"), float("nan"), len(diffs)
+  half = float(stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+  return mean, mean - half, mean + half, len(diffs)
+
+
+def markdown_paired(rows: list[dict], metric_names: list[str], baseline: str) -> str:
+  groups = seed_groups(rows)
+  if baseline not in groups:
+    raise ValueError(f"--paired-baseline {baseline!r} is not among the runs {sorted(groups)}")
+  by_seed = lambda group, m: {SEED_SUFFIX.match(r["run"])["seed"]: r[m] for r in group if r[m] is not None}
+  header = ["run", *[f"{m}: {baseline} + (95 % CI)" for m in metric_names], "paired seeds"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for run, group in groups.items():
+    if run == baseline:
+      continue
+    cells, pairs = [run], 0
+    for m in metric_names:
+      mean, low, high, pairs = paired_difference(by_seed(group, m), by_seed(groups[baseline], m))
+      cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+    cells.append(str(pairs))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -80,10 +122,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--metrics", nargs="+", default=["accuracy"])
   parser.add_argument("--over-seeds", action="store_true", help="one row per <run>_s<seed> group: mean ± std")
+  parser.add_argument("--paired-baseline", default="",
+                      help="with --over-seeds: the run whose seeds the others are paired with (difference, 95 %% CI)")
   args = parser.parse_args(argv)
   try:
+    if args.paired_baseline and not args.over_seeds:
+      raise ValueError("--paired-baseline needs --over-seeds")
     rows = [run_row(w, args.metrics) for w in args.workdirs]
     table = markdown_over_seeds(rows, args.metrics) if args.over_seeds else markdown(rows, args.metrics)
+    if args.paired_baseline:
+      table += "\n\n" + markdown_paired(rows, args.metrics, args.paired_baseline)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -24,7 +24,7 @@ from fedjax_med import evaluation, experiment
 from fedjax_med.checkpoint import Checkpointer
 from fedjax_med.engine import auto, execution, privacy
 from fedjax_med.engine.sampling import select_clients
-from fedjax_med.logging_utils import MetricsWriter, summary_table, to_python
+from fedjax_med.logging_utils import MetricsWriter, read_metrics, summary_table, to_python
 
 log = logging.getLogger("fedjax_med")
 CONFIG_FILE = "config.json"  # what determines results (compared on resumption)
@@ -121,6 +121,18 @@ def check_finite(report: execution.RoundReport, round_num: int, policy: str) -> 
     log.warning("round %d: client(s) %s sent non-finite updates and were left out of the aggregate",
                 round_num + 1, excluded)
   return excluded
+
+
+def skipped_clients(workdir: str) -> dict[str, list[int]]:
+  """Round (1-based, as a string key) -> the clients left out of its aggregate for non-finite updates, over every
+  round ``metrics.jsonl`` holds (a resumed run's earlier rounds included); rounds without any are absent."""
+  return {str(row["round"]): row["excluded"] for row in read_metrics(workdir) if row.get("excluded")}
+
+
+def skipped_summary(skipped: dict[str, list[int]], limit: int = 5) -> str:
+  """``round 3: clients [1, 4]; round 7: ...`` for the first ``limit`` rounds."""
+  text = "; ".join(f"round {r}: clients {c}" for r, c in list(skipped.items())[:limit])
+  return text + ("; ..." if len(skipped) > limit else "")
 
 
 def round_record(report: execution.RoundReport, round_num: int, seconds: float, excluded: list[int]) -> dict:
@@ -391,6 +403,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not lead:
     _sync("fedjax_med:done")
     return summary
+  summary["skipped_clients"] = skipped_clients(workdir)
+  if summary["skipped_clients"]:
+    log.warning("%d of %d rounds left clients out of the aggregate for non-finite updates (%s); the run may have "
+                "diverged: check the learning rates (results.json 'skipped_clients')",
+                len(summary["skipped_clients"]), rounds_done, skipped_summary(summary["skipped_clients"]))
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
     json.dump(to_python(summary), f, indent=1)
   save_global_variables(workdir, exp.algorithm.eval_variables(server_state, None))

@@ -26,7 +26,7 @@ def test_over_seeds_gives_mean_and_sample_std_per_run(tmp_path, capsys):
   lower = next(line for line in lines if line.startswith("| lower "))
   expected = f"{np.mean([0.7, 0.8, 0.9]):.4f} ± {np.std([0.7, 0.8, 0.9], ddof=1):.4f}"
   assert expected == "0.8000 ± 0.1000"
-  assert f"| lower | {expected} | 0,1,2 | 3 | 3 | stepwise |" == lower
+  assert f"| lower | {expected} | 0,1,2 | 3 | 0 | 3 | stepwise |" == lower
   assert "| fedirm | 0.7500 | 0 |" in next(line for line in lines if line.startswith("| fedirm "))
 
 
@@ -99,3 +99,18 @@ def test_sweep_plot_takes_x_from_the_config_and_averages_seeds(tmp_path, monkeyp
   assert np.allclose(y1, [0.3, 0.7]) and kw1["label"].startswith("ft_random")
   with pytest.raises(ValueError, match="no config key 'model.width'"):
     plot.plot_sweep(dirs, "dice3d", "model.width", str(tmp_path / "t.png"))
+
+
+def test_paired_baseline_gives_the_mean_difference_and_a_t_interval(tmp_path, capsys):
+  base = [0.70, 0.80, 0.90]
+  other = [0.72, 0.83, 0.91]  # differences 0.02, 0.03, 0.01: mean 0.02, sd 0.01
+  dirs = [_fake_run(tmp_path, f"base_s{s}", a) for s, a in enumerate(base)]
+  dirs += [_fake_run(tmp_path, f"new_s{s}", a) for s, a in enumerate(other)]
+  dirs.append(_fake_run(tmp_path, "solo_s5", 0.5))  # no seed in common with the baseline
+  assert report.main([*dirs, "--metrics", "macro_auroc", "--over-seeds", "--paired-baseline", "base"]) == 0
+  out = capsys.readouterr().out
+  half = 4.302652729911275 * 0.01 / np.sqrt(3)  # t(0.975, 2) from tables
+  assert f"| new | +0.0200 [{0.02 - half:+.4f}, {0.02 + half:+.4f}] | 3 |" in out
+  assert "| solo | +nan [+nan, +nan] | 0 |" in out
+  assert report.main([*dirs, "--metrics", "macro_auroc", "--paired-baseline", "base"]) == 2
+  assert report.main([*dirs, "--metrics", "macro_auroc", "--over-seeds", "--paired-baseline", "nope"]) == 2

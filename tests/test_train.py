@@ -99,6 +99,14 @@ def test_nan_client_is_left_out_and_reported_with_skip_policy(tmp_path, monkeypa
   assert [r["excluded"] for r in lines] == [[], [], [2], [2]]
   assert "client(s) [2] sent non-finite updates" in caplog.text
   assert np.isfinite(summary["eval"]["accuracy"])
+  # the skips reach results.json, the end-of-run warning and the report
+  results = json.load(open(tmp_path / train.RESULTS_FILE))
+  assert results["skipped_clients"] == {"3": [2], "4": [2]}
+  assert "2 of 4 rounds left clients out of the aggregate" in caplog.text and "round 3: clients [2]" in caplog.text
+  from fedjax_med import report
+
+  row = report.run_row(str(tmp_path), ["accuracy"])
+  assert row["skipped_rounds"] == 2 and "| 2 |" in report.markdown([row], ["accuracy"])
 
 
 def test_nan_stops_the_run_naming_round_and_client_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
