@@ -295,6 +295,20 @@ def test_acdc_missing_info_cfg_is_named(tmp_path):
     get_converter("acdc")(str(raw), {"size": 8})
 
 
+@pytest.mark.parametrize("group_line", ["", "Group: \n"])
+def test_acdc_info_cfg_without_group_is_named_and_leaves_no_output(tmp_path, capsys, group_line):
+  raw = _acdc(tmp_path)
+  info = raw / "training" / "patient003" / "Info.cfg"
+  info.write_text(f"ED: 1\nES: 5\n{group_line}Height: 170\nNbFrame: 30\n")
+  out = tmp_path / "out"
+  assert prepare.main(["acdc", "--raw", str(raw), "--out", str(out), "--size", "8"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: {info} has no 'Group:' line (the pathology group that becomes the patient's site); add one (Group: "
+      f"DCM, HCM, MINF, NOR or RV) or move {info.parent} out of the download (early releases of testing/ have no "
+      "groups)\n")
+  assert _no_output(out)
+
+
 # ---------------------------------------------------------------------------------------------- MedMNIST
 
 SIZES = (("train", 6), ("val", 2), ("test", 3))

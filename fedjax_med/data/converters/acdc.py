@@ -13,7 +13,8 @@ percentile] and min-max scaled to 0..255 (uint8). Each slice is resized to ``siz
 default 128, or ``H W``): bilinear for the image (``scipy.ndimage.zoom`` order 1), nearest for the
 labels. One row per slice: group = ``patientXXX``, slice_idx = the slice's index in its volume,
 spacing = (row, col, slice) mm from the header zooms with the in-plane spacing scaled by the
-resize, site = the pathology group of Info.cfg (DCM, HCM, MINF, NOR, RV), labels = -1,
+resize, site = the pathology group of Info.cfg (DCM, HCM, MINF, NOR, RV; an Info.cfg without
+``Group:`` is an error), labels = -1,
 masks = the ground truth. A volume is a run of consecutive rows of one group with slice_idx
 0..S-1 (frames in increasing order; ``meta.phases`` gives each patient's ED/ES frame numbers).
 
@@ -120,7 +121,12 @@ def convert(raw: str, options: dict[str, Any]) -> tuple[dict[str, np.ndarray], d
   with_scribbles, without_scribbles = [], []
   for folder in patients:
     patient = os.path.basename(folder)
-    info = read_info(common.require_file(os.path.join(folder, "Info.cfg"), f"the Info.cfg of {patient}"))
+    info_path = common.require_file(os.path.join(folder, "Info.cfg"), f"the Info.cfg of {patient}")
+    info = read_info(info_path)
+    if not info.get("Group"):  # the site of every row: an empty one would silently become a site named ""
+      raise DatasetError(f"{info_path} has no 'Group:' line (the pathology group that becomes the patient's site); "
+                         f"add one (Group: DCM, HCM, MINF, NOR or RV) or move {folder} out of the download "
+                         "(early releases of testing/ have no groups)")
     phases[patient] = {k: int(info[k]) for k in ("ED", "ES") if re.fullmatch(r"\d+", info.get(k, ""))}
     gt_paths = sorted(glob.glob(os.path.join(folder, f"{patient}_frame[0-9][0-9]_gt.nii.gz")))
     if not gt_paths:
@@ -149,7 +155,7 @@ def convert(raw: str, options: dict[str, Any]) -> tuple[dict[str, np.ndarray], d
         if scribbles is not None:
           rows["scribbles"].append(resize_slice(scribbles[..., s], size, order=0))
         rows["group"].append(patient)
-        rows["site"].append(info.get("Group", ""))
+        rows["site"].append(info["Group"])
         rows["slice_idx"].append(s)
         rows["spacing"].append(spacing)
   if with_scribbles and without_scribbles:
