@@ -2,7 +2,8 @@
 
 NAME is a converter (``ham10000``, ``isic2018``, ``drive``, ``stare``, ``acdc``, ``medmnist``,
 ``pneumoniamnist``); ``data/README.md`` says where to download each and the layout expected.
-Options: ``--size N`` or ``--size H W``, ``--seed S`` (of the train/val/test split),
+Options: ``--size N`` or ``--size H W`` (``--size 0``, like ``--option size=0``, keeps the native size where the
+converter allows it), ``--seed S`` (of the train/val/test split),
 ``--option key=value`` (converter specific, repeatable).
 
 ``python -m fedjax_med.data.prepare NAME --compact FILE --out DIR`` converts one of the team's
@@ -65,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  if args.size is not None and (len(args.size) not in (1, 2) or min(args.size) <= 0):
-    raise DatasetError(f"--size takes one positive number N or two H W; got {args.size}")
+  if args.size is not None and args.size != [0] and (len(args.size) not in (1, 2) or min(args.size) <= 0):
+    raise DatasetError(f"--size takes one positive number N or two H W (or 0: the native size); got {args.size}")
   if args.out.rstrip("/").endswith(".npz"):
     folder = args.out.rstrip("/")[:-len(".npz")] or "prepared/" + args.name
     raise DatasetError(f"--out {args.out} ends in .npz, but prepare writes a folder (arrays.npz + meta.json), "
@@ -83,7 +84,7 @@ def _convert(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str,
     return dataset.arrays, dataset.meta
   converter = converters.get_converter(args.name)
   options: dict[str, Any] = {"seed": args.seed, **parse_options(args.option)}
-  if args.size:
+  if args.size is not None:
     options["size"] = tuple(args.size) if len(args.size) == 2 else args.size[0]
   return converter(args.raw, options)
 

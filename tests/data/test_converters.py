@@ -102,6 +102,16 @@ def test_ham10000_from_metadata_csv_with_masks(tmp_path):
   assert native["images"].shape == (10, 15, 20, 3) and native["masks"].shape == (10, 15, 20)
 
 
+@pytest.mark.parametrize("size_args", [["--option", "size=0"], ["--size", "0"]])
+def test_size_0_keeps_the_native_size_through_prepare(tmp_path, capsys, size_args):
+  out = tmp_path / "native"
+  assert prepare.main(["ham10000", "--raw", str(_ham(tmp_path)), "--out", str(out), *size_args]) == 0, \
+      capsys.readouterr().err
+  dataset = load_prepared(str(out))
+  assert dataset.arrays["images"].shape == (10, 15, 20, 3) and dataset.arrays["masks"].shape == (10, 15, 20)
+  assert dataset.meta["size"] is None
+
+
 def test_isic2018_ground_truth_csv_with_and_without_lesion_groupings(tmp_path):
   arrays, meta = get_converter("isic2018")(str(_ham(tmp_path / "a", masks=False, isic=True)), {"size": 8})
   np.testing.assert_array_equal(arrays["labels"], [0, 1, 2, 3, 4, 5, 6, 5, 4, 2])

@@ -72,10 +72,13 @@ def resize(array: np.ndarray, size: tuple[int, int] | None, nearest: bool) -> np
 def parse_size(value: Any) -> tuple[int, int] | None:
   """``None``, ``64``, ``"64"``, ``(584, 565)``, ``"584,565"`` or ``"584x565"`` -> (H, W), or None.
 
+  None, ``""``, ``0`` and ``"0"`` (``--option size=0``) mean no resize: None.
+
   Raises:
     DatasetError: for anything else (three numbers, a non-positive size, text).
   """
-  if value is None or value == "" or value == 0:
+  if value is None or (isinstance(value, str) and value.strip() in ("", "0")) or (
+      isinstance(value, int | np.integer) and value == 0):
     return None
   try:
     if isinstance(value, str):
