@@ -1,6 +1,6 @@
 """Prepare a dataset from its original download: ``python -m fedjax_med.data.prepare NAME --raw DIR --out DIR``.
 
-NAME is a converter (``ham10000``, ``isic2018``, ``drive``, ``stare``, ``acdc``, ``medmnist``,
+NAME is a converter (``ham10000``, ``isic2018``, ``drive``, ``stare``, ``acdc``, ``rsna_ich``, ``medmnist``,
 ``pneumoniamnist``); ``data/README.md`` says where to download each and the layout expected.
 Options: ``--size N`` or ``--size H W`` (``--size 0``, like ``--option size=0``, keeps the native size where the
 converter allows it), ``--seed S`` (of the train/val/test split),
