@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
   out = args.out or args.workdir
   os.makedirs(out, exist_ok=True)
   if args.overlays or args.site_overlays or args.weak_labels or args.saliency:
+    from fedjax_med import xla_flags
+
+    xla_flags.apply_cpu_defaults()  # the kernels main.py trained with, set before overlays imports jax
     from fedjax_med import overlays  # builds the experiment: imports jax and the data pipeline
 
     try:

@@ -9,6 +9,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from fedjax_med import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()  # the kernels of main.py (importing fedjax_med does not set them); before jax starts
+
 
 def tiny_overrides() -> list[str]:
   """Command-line overrides that shrink configs/fedavg.py to a seconds-long run."""
