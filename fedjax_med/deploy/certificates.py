@@ -4,6 +4,7 @@
 
 writes ``DIR/ca.crt`` (a self-signed CA), ``DIR/server.pem`` + ``DIR/server.key`` (signed by it, valid for
 127.0.0.1 and localhost) and, per site K, ``DIR/site_K`` (OpenSSH ECDSA private key) + ``DIR/keys/site_K.pub``.
+The private keys (``server.key``, ``site_K``) are created mode 0600.
 A real deployment uses certificates from the hospitals' own PKI; these expire after ``days`` days.
 """
 
@@ -24,10 +25,28 @@ def _name(common: str) -> x509.Name:
   return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write(path: str, data: bytes) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(data)
+def _write(path: str, data: bytes, private: bool = False) -> None:
+  """Writes ``data`` to ``path``; a private key is created mode 0600 (never readable by others, not even briefly).
+
+  The key goes to a new file opened with ``O_EXCL`` and mode 0600 in the same directory, then replaces ``path``:
+  the permissions hold from the first byte, and an older ``path`` with wider permissions does not keep them.
+  """
+  directory = os.path.dirname(path) or "."
+  os.makedirs(directory, exist_ok=True)
+  if not private:
+    with open(path, "wb") as f:
+      f.write(data)
+    return
+  temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 def make_tls(directory: str, days: int = 2) -> dict[str, str]:
@@ -51,7 +70,7 @@ def make_tls(directory: str, days: int = 2) -> dict[str, str]:
   _write(paths["ca"], ca.public_bytes(serialization.Encoding.PEM))
   _write(paths["cert"], cert.public_bytes(serialization.Encoding.PEM))
   _write(paths["key"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                         serialization.NoEncryption()))
+                                         serialization.NoEncryption()), private=True)
   return paths
 
 
@@ -61,8 +80,7 @@ def make_site_key(directory: str, name: str, public_dir: str | None = None) -> t
   private = os.path.join(directory, name)
   public = os.path.join(public_dir or os.path.join(directory, "keys"), name + ".pub")
   _write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption()))
-  os.chmod(private, 0o600)
+                                    serialization.NoEncryption()), private=True)
   _write(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
   return private, public
 
