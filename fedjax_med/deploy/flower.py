@@ -2,7 +2,7 @@
 
   # the server (a Flower SuperLink + this run's ServerApp); waits for the sites, trains, writes WORKDIR
   python -m fedjax_med.deploy.flower server --config configs/fedavg.py [--config.key=value ...] --workdir W \\
-      [--host 0.0.0.0] [--port 9092] [--certificates DIR] [--auth_keys DIR]
+      [--host 0.0.0.0] [--port 9092] [--certificates DIR --auth_keys DIR --max_examples 0=N0,1=N1,...]
   # each site (a Flower SuperNode running this package's ClientApp on the site's own prepared data)
   python -m fedjax_med.deploy.flower client --site K --data DIR --superlink HOST:9092 \\
       [--certificates DIR] [--auth_key FILE]
@@ -16,10 +16,18 @@ sites with every round; ``--data`` replaces its ``data.root`` at the site. A sit
 partition, so its data is what the simulation would give client K (a site that holds only its own rows, e.g. one
 ACDC pathology group with ``partition.method='column'``, gets the same client).
 
-Security (Flower's mechanisms, not ours): ``--certificates DIR`` turns on TLS (``DIR/ca.crt``, and at the server
-``DIR/server.pem`` + ``DIR/server.key``); ``--auth_keys DIR`` at the server turns on SuperNode authentication and
-registers every ``DIR/*.pub`` (OpenSSH ECDSA public keys); a site then starts with ``--auth_key`` (its private key)
-and a SuperNode whose key is not registered is refused. ``deploy/certificates.py`` makes throw-away ones for tests.
+Security. ``--certificates DIR`` turns on TLS (``DIR/ca.crt``, and at the server ``DIR/server.pem`` +
+``DIR/server.key``). ``--auth_keys DIR`` at the server turns on Flower's SuperNode authentication and registers
+each ``DIR/site_K.pub`` (OpenSSH ECDSA public key of site K); a site then starts with ``--auth_key`` (its private
+key) and a SuperNode whose key is not registered is refused by Flower. The node ids Flower returns for these keys
+go to ``WORKDIR/deploy_sites.json`` (``deploy.registry``): the ServerApp sends work only to those nodes, takes a
+node's site from its key (a node reporting another site is refused), and caps each site's example count (its
+FedAvg weight) at ``--max_examples K=N``, required with ``--auth_keys`` when ``aggregation.weighting`` is
+``num_examples``. Refused nodes are logged in ``WORKDIR/server_app.log`` and listed in the status file. The
+SuperLink runs behind ``deploy.superlink``: its Control and Runtime APIs (key registration, runs) answer only
+``--admin_hosts`` (default: this host's loopback), other peers reach only the Fleet API. A server listening beyond
+loopback (``--host``) needs ``--certificates`` and ``--auth_keys``. ``deploy/certificates.py`` makes throw-away
+certificates and keys for tests (private keys mode 0600).
 
 Rounds: the first starts once ``deploy.start_sites`` sites are connected (default ``deploy.min_clients``; a site
 that connects later is not used in this run). The server selects the sites as the simulation does, sends them the
@@ -55,6 +63,9 @@ flags.DEFINE_integer("clientappio_port", 9094, "client: the local ClientAppIo po
 flags.DEFINE_string("certificates", "", "TLS: a directory with ca.crt (and at the server server.pem, server.key).")
 flags.DEFINE_string("auth_keys", "", "server: a directory of the sites' *.pub keys; only they may join.")
 flags.DEFINE_string("auth_key", "", "client: this site's private key (OpenSSH ECDSA) for SuperNode authentication.")
+flags.DEFINE_list("max_examples", [], "server: K=N,...: site K's example count (its FedAvg weight) is capped at N.")
+flags.DEFINE_list("admin_hosts", [], "server: peer addresses that may use the SuperLink's Control and Runtime APIs "
+                  "(default: 127.0.0.1, ::1 and --host); every other peer reaches only the Fleet API.")
 flags.DEFINE_float("timeout", 0.0, "server: stop the whole deployment after this many seconds (0 = no limit).")
 
 READY = "the SuperLink accepts sites"  # printed once sites may connect (after their keys are registered)
@@ -109,9 +120,36 @@ def _tls_files(directory: str, server: bool) -> dict[str, str]:
   return files
 
 
+def _is_loopback(host: str) -> bool:
+  import ipaddress
+
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host.strip("[]")).is_loopback
+  except ValueError:
+    return False
+
+
+def local_address() -> str:
+  """The address this host's own clients (the ``flwr`` CLI, port checks) use to reach the SuperLink."""
+  return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(FLAGS.host, FLAGS.host)
+
+
+def admin_hosts() -> list[str]:
+  """Peers that may use the Control and Runtime APIs: ``--admin_hosts``, else loopback and a specific ``--host``
+  (the ServerApp's process and the ``flwr`` CLI connect to it from this host)."""
+  from fedjax_med.deploy.superlink import LOOPBACK
+
+  if FLAGS.admin_hosts:
+    return list(FLAGS.admin_hosts)
+  local = local_address().strip("[]")
+  return [*LOOPBACK, *([local] if local not in LOOPBACK and local != "localhost" else [])]
+
+
 def superlink_command() -> list[str]:
-  cmd = [_executable("flower-superlink"), "--host", FLAGS.host, "--port", str(FLAGS.port),
-         "--database", ":flwr-in-memory:", "--isolation", "subprocess"]
+  cmd = [sys.executable, "-m", "fedjax_med.deploy.superlink", "--admin_hosts", ",".join(admin_hosts()), "--",
+         "--host", FLAGS.host, "--port", str(FLAGS.port), "--database", ":flwr-in-memory:", "--isolation", "subprocess"]
   if FLAGS.certificates:
     tls = _tls_files(FLAGS.certificates, server=True)
     cmd += ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]]
@@ -139,15 +177,19 @@ def supernode_command(site: int, data: str) -> list[str]:
 def write_cli_home(home: str) -> dict[str, str]:
   """A private FLWR_HOME whose default connection is this server's Control API; returns the environment."""
   os.makedirs(home, exist_ok=True)
-  lines = ["[superlink]", 'default = "fedjax"', "", "[superlink.fedjax]",
-           f'address = "127.0.0.1:{FLAGS.port}"']
+  host = local_address()
+  host = f"[{host}]" if ":" in host else host
+  lines = ["[superlink]", 'default = "fedjax"', "", "[superlink.fedjax]", f'address = "{host}:{FLAGS.port}"']
   if FLAGS.certificates:
     lines.append(f'root-certificates = "{_tls_files(FLAGS.certificates, server=False)["ca"]}"')
   else:
     lines.append("insecure = true")
   with open(os.path.join(home, "config.toml"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  return flower_environment({**os.environ, "FLWR_HOME": home})
+  # these would start Flower's legacy gRPC Control / Fleet servers on ports of their own, outside deploy.superlink
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")}
+  return flower_environment({**env, "FLWR_HOME": home})
 
 
 def _flwr(args: list[str], env: dict[str, str], timeout: float | None = None, check: bool = True):
@@ -160,23 +202,79 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float | None = None, ch
 def _wait_for_port(port: int, process: subprocess.Popen, log: str, seconds: float = 60.0) -> None:
   import socket
 
+  from fedjax_med.deploy.superlink import GUARD_LINE
+
   deadline = time.monotonic() + seconds
   while time.monotonic() < deadline:
     if process.poll() is not None:
       raise SystemExit(f"error: flower-superlink exited with status {process.returncode}; see {log}")
-    with socket.socket() as s:
-      if s.connect_ex(("127.0.0.1", port)) == 0:
-        return
-    time.sleep(0.5)
-  raise SystemExit(f"error: flower-superlink did not open port {port} within {seconds:.0f} s")
+    try:
+      with socket.create_connection((local_address().strip("[]"), port), timeout=2):
+        break
+    except OSError:
+      time.sleep(0.5)
+  else:
+    raise SystemExit(f"error: flower-superlink did not open port {port} within {seconds:.0f} s")
+  with open(log) as f:
+    if GUARD_LINE not in f.read():  # the app is built (and guarded) before the port opens
+      raise SystemExit(f"error: the SuperLink started without deploy.superlink's guard of its Control API; see {log}")
+
+
+def register_sites(keys_dir: str, env: dict[str, str]) -> dict[int, dict[str, object]]:
+  """Registers each ``keys_dir/site_K.pub`` with the SuperLink; returns site -> {node_id, public_key, key_file}."""
+  from fedjax_med.deploy import registry
+
+  names = sorted(f for f in os.listdir(keys_dir) if f.endswith(".pub"))
+  if not names:
+    raise SystemExit(f"error: --auth_keys {keys_dir} holds no *.pub key")
+  try:
+    files = {registry.site_of_key_file(name): os.path.join(os.path.abspath(keys_dir), name) for name in names}
+  except ValueError as e:
+    raise SystemExit(f"error: --auth_keys: {e}") from None
+  sites = {}
+  for site, path in sorted(files.items()):
+    result = _flwr(["supernode", "register", path, "--format", "json"], env, timeout=60)
+    try:
+      node_id = int(json.loads(result.stdout)["node-id"])
+    except (ValueError, KeyError, TypeError):
+      raise SystemExit(f"error: flwr supernode register {path}: no node id in {result.stdout.strip()[-400:]!r}"
+                       ) from None
+    with open(path) as f:
+      sites[site] = {"node_id": node_id, "public_key": f.read().strip(), "key_file": path}
+  return sites
+
+
+def _check_security_flags() -> dict[int, int]:
+  """Refuses an open server without authentication and missing caps; returns the caps (site -> examples)."""
+  from fedjax_med.deploy import registry
+
+  if not _is_loopback(FLAGS.host) and not (FLAGS.certificates and FLAGS.auth_keys):
+    raise SystemExit(f"error: --host {FLAGS.host} lets other hosts connect: it needs --certificates and --auth_keys "
+                     "(otherwise anyone who reaches the port joins as any site)")
+  try:
+    caps = registry.parse_caps(FLAGS.max_examples)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  if FLAGS.auth_keys and FLAGS.config.aggregation.weighting == "num_examples":
+    try:
+      sites = {registry.site_of_key_file(f) for f in os.listdir(FLAGS.auth_keys) if f.endswith(".pub")}
+    except (OSError, ValueError) as e:
+      raise SystemExit(f"error: --auth_keys: {e}") from None
+    if missing := sorted(sites - set(caps)):
+      raise SystemExit(f"error: aggregation.weighting='num_examples' weights each site by the example count it "
+                       f"reports; give each site's cap with --max_examples K=N (missing for sites {missing}), or "
+                       "use --config.aggregation.weighting=uniform")
+  return caps
 
 
 def serve() -> int:
   """Starts the SuperLink, submits this run, streams its logs; returns 0 when every round was aggregated."""
+  from fedjax_med.deploy import registry
   from fedjax_med.deploy.flower_apps import CONFIG_FILE, STATUS_FILE
 
   if FLAGS.config is None or not FLAGS.workdir:
     raise SystemExit("error: server needs --config and --workdir")
+  caps = _check_security_flags()
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   for name, text in ((CONFIG_FILE, FLAGS.config.to_json_best_effort()), ("flower_app/pyproject.toml", APP_PYPROJECT)):
@@ -184,22 +282,18 @@ def serve() -> int:
     with open(os.path.join(workdir, name), "w") as f:
       f.write(text)
   status = os.path.join(workdir, STATUS_FILE)
-  if os.path.exists(status):
-    os.remove(status)
+  for stale in (status, os.path.join(workdir, registry.REGISTRY_FILE)):
+    if os.path.exists(stale):
+      os.remove(stale)
   env = write_cli_home(os.path.join(workdir, "flwr_home"))
   log_path = os.path.join(workdir, "superlink.log")
   log_file = open(log_path, "w")  # noqa: SIM115 - open for the link's lifetime
   link = subprocess.Popen(superlink_command(), stdout=log_file, stderr=subprocess.STDOUT, env=env)
   try:
     _wait_for_port(FLAGS.port, link, log_path)
-    keys = []
-    if FLAGS.auth_keys:
-      keys = sorted(f for f in os.listdir(FLAGS.auth_keys) if f.endswith(".pub"))
-      if not keys:
-        raise SystemExit(f"error: --auth_keys {FLAGS.auth_keys} holds no *.pub key")
-      for key in keys:
-        _flwr(["supernode", "register", os.path.join(os.path.abspath(FLAGS.auth_keys), key)], env, timeout=60)
-    print(f"{READY} on {FLAGS.host}:{FLAGS.port}" + (f" ({len(keys)} site keys registered)" if FLAGS.auth_keys else ""),
+    sites = register_sites(FLAGS.auth_keys, env) if FLAGS.auth_keys else {}
+    registry.write(workdir, sites, caps, authenticated=bool(FLAGS.auth_keys))
+    print(f"{READY} on {FLAGS.host}:{FLAGS.port}" + (f" ({len(sites)} site keys registered)" if sites else ""),
           flush=True)
     # the ServerApp's own record is the status file read below, not flwr's exit status
     subprocess.run([_executable("flwr"), "run", os.path.join(workdir, "flower_app"), "--stream",
@@ -216,6 +310,8 @@ def serve() -> int:
     return 2
   with open(status) as f:
     record = json.load(f)
+  for node, reason in sorted(record.get("refused", {}).items()):
+    print(f"refused node {node}: {reason}", file=sys.stderr)
   if record["state"] != "finished":
     print(f"error: {record['message']}", file=sys.stderr)
     return 2
