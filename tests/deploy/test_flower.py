@@ -1,5 +1,7 @@
 """Deployment on Flower: the site/server split equals the simulation; real processes on 127.0.0.1 (2 rounds equal
-to the simulation, a site killed mid-run, TLS with SuperNode authentication refusing an unknown site)."""
+to the simulation, a site killed mid-run, TLS and authentication against an attacker: an unknown key, a key
+registered through Flower's admin API, a site's key claiming another site); key file modes, example-count caps,
+the admin-API guard (issue 22)."""
 
 import json
 import os
