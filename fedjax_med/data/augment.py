@@ -111,9 +111,13 @@ def _autocontrast(images: jax.Array) -> jax.Array:
   return jnp.where(high > low, (images - low) / jnp.maximum(high - low, 1e-6), images)
 
 
-def photometric_pool(images: jax.Array, magnitude: jax.Array) -> list[jax.Array]:
-  """Every photometric op of the strong pool applied to the batch at per-example ``magnitude`` in [0, 1]."""
-  signed = magnitude * jnp.where(jnp.arange(magnitude.shape[0]) % 2 == 0, 1.0, -1.0)
+def photometric_pool(images: jax.Array, magnitude: jax.Array, sign: jax.Array) -> list[jax.Array]:
+  """Every photometric op of the strong pool applied to the batch at per-example ``magnitude`` in [0, 1].
+
+  ``sign`` (per example, +1 or -1) is the direction of the enhance ops (brightness, contrast, colour, sharpness):
+  factor ``1 + 0.9 * sign * magnitude``, +1 strengthens and -1 weakens (RandAugment draws a random sign per image).
+  """
+  signed = magnitude * sign
   mean = jnp.mean(_grey(images), axis=(1, 2, 3), keepdims=True)
   bits = jnp.round(8 - 4 * magnitude)  # posterize to 8..4 bits
   levels = _per_example(2.0 ** bits, images)
@@ -164,15 +168,25 @@ def weak_view_with_labels(key: jax.Array, images: jax.Array, labels: jax.Array) 
   return warp(images, matrices), warp_labels(labels, matrices)
 
 
+def random_photometric_op(k_choice: jax.Array, k_magnitude: jax.Array, images: jax.Array) -> jax.Array:
+  """One op of the photometric pool per example, at a random magnitude and enhance direction per example.
+
+  Every draw is per sample: which op, its magnitude and its sign (the sign used to alternate with the position in
+  the batch, so even rows were only ever brightened and odd rows only darkened).
+  """
+  batch = images.shape[0]
+  magnitude = jax.random.uniform(k_magnitude, (batch,))
+  sign = jax.random.rademacher(jax.random.fold_in(k_magnitude, 1), (batch,), dtype=images.dtype)
+  pool = jnp.stack(photometric_pool(images, magnitude, sign))  # [ops, B, H, W, C]
+  choice = jax.random.randint(k_choice, (batch,), 0, pool.shape[0])
+  return jnp.take_along_axis(pool, choice[None, :, None, None, None], axis=0)[0]
+
+
 def photometric_view(key: jax.Array, images: jax.Array, num_ops: int = STRONG_OPS) -> jax.Array:
   """``num_ops`` random photometric ops of the strong pool, no geometry: pixels stay aligned with the input (for
   consistency terms on dense predictions)."""
-  batch = images.shape[0]
   for k_choice, k_magnitude in zip(*[iter(jax.random.split(key, 2 * num_ops))] * 2):
-    magnitude = jax.random.uniform(k_magnitude, (batch,))
-    pool = jnp.stack(photometric_pool(images, magnitude))
-    choice = jax.random.randint(k_choice, (batch,), 0, pool.shape[0])
-    images = jnp.take_along_axis(pool, choice[None, :, None, None, None], axis=0)[0]
+    images = random_photometric_op(k_choice, k_magnitude, images)
   return images
 
 
@@ -195,10 +209,7 @@ def strong_view(key: jax.Array, images: jax.Array, num_ops: int = STRONG_OPS) ->
   # rotation, shear and translation at random magnitudes, composed into one warp (one resampling)
   images = warp(images, affine_matrices(k_affine, batch, STRONG_DEGREES, STRONG_TRANSLATE, STRONG_SHEAR))
   for k_choice, k_magnitude in zip(k_ops[0::2], k_ops[1::2]):
-    magnitude = jax.random.uniform(k_magnitude, (batch,))
-    pool = jnp.stack(photometric_pool(images, magnitude))  # [ops, B, H, W, C]
-    choice = jax.random.randint(k_choice, (batch,), 0, pool.shape[0])
-    images = jnp.take_along_axis(pool, choice[None, :, None, None, None], axis=0)[0]
+    images = random_photometric_op(k_choice, k_magnitude, images)
   return cutout(k_cut, images, CUTOUT_FRACTION)
 
 

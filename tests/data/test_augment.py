@@ -45,16 +45,32 @@ def test_equalize_flattens_the_histogram_and_autocontrast_stretches():
 
 
 def test_photometric_ops_by_hand():
-  x = jnp.full((2, 4, 4, 1), 0.6)
-  magnitude = jnp.array([1.0, 0.0])
-  pool = augment.photometric_pool(x, magnitude)
+  x = jnp.full((3, 4, 4, 1), 0.6)
+  magnitude = jnp.array([1.0, 0.0, 0.5])
+  pool = augment.photometric_pool(x, magnitude, sign=jnp.array([1.0, 1.0, -1.0]))
   solarized = pool[7]
   np.testing.assert_allclose(solarized[0], 0.4)  # threshold 1 - 1 = 0 <= 0.6: inverted
   np.testing.assert_allclose(solarized[1], 0.6)  # threshold 1: untouched
   brightness = pool[1]
   np.testing.assert_allclose(brightness[0], 1.0)  # factor 1.9 clipped
   np.testing.assert_allclose(brightness[1], 0.6)  # factor 1: identity
+  np.testing.assert_allclose(brightness[2], 0.6 * 0.55, rtol=1e-6)  # sign -1: factor 1 - 0.9 * 0.5 darkens
   np.testing.assert_allclose(pool[-1], x)
+
+
+def test_enhance_direction_is_drawn_per_sample_not_by_batch_position():
+  # Grey 0.5 images: among the pool only brightness moves a flat image off 0.5 by more than posterize's 0.034
+  # (equalize sends it to 0), so a row's min in (0.01, 0.49) means "darkened" and its max above 0.54
+  # "brightened". The old pool brightened even rows and darkened odd ones, always (0 and 67 darkened, 76 and 0
+  # brightened here). The strong view draws its photometric ops with the same function.
+  grey = jnp.full((2, 8, 8, 1), 0.5)
+  draw = jax.jit(jax.vmap(lambda k: augment.photometric_view(k, grey, num_ops=1)))
+  out = draw(jax.random.split(jax.random.PRNGKey(0), 720))
+  low, high = out.min(axis=(2, 3, 4)), out.max(axis=(2, 3, 4))  # [draws, position]
+  darkened = np.asarray((low > 0.01) & (low < 0.49)).sum(0)
+  brightened = np.asarray(high > 0.54).sum(0)
+  # brightness is 1 op of 9 and each direction half of it: ~40 of 720 draws per position and direction
+  assert darkened.min() >= 20 and brightened.min() >= 20, (darkened, brightened)
 
 
 def test_batch_fn_with_views_returns_independent_normalised_views():
