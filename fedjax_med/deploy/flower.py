@@ -51,6 +51,8 @@ from collections.abc import Mapping
 from absl import app, flags
 from ml_collections import config_flags
 
+from fedjax_med import xla_flags
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "server: path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "server: output directory (checkpoints, metrics, global variables).")
@@ -106,9 +108,13 @@ def flower_environment(base: Mapping[str, str]) -> dict[str, str]:
 
   The SuperLink and SuperNode start their helpers (``flower-superexec``, ...) by name; run through a virtual
   environment's python without activating it, ``PATH`` lacks them and the SuperLink dies at startup (status 3).
+  ``XLA_FLAGS`` gets the CPU defaults of ``fedjax_med.xla_flags``, as ``main.py`` sets them.
   """
   directory = os.path.dirname(_executable("flower-superlink"))
-  return {**base, "PATH": os.pathsep.join([directory, base.get("PATH", "")]).rstrip(os.pathsep)}
+  environment = {**base, "PATH": os.pathsep.join([directory, base.get("PATH", "")]).rstrip(os.pathsep)}
+  # the server and site apps run in Flower's processes: the same XLA:CPU kernels as main.py (fedjax_med.xla_flags)
+  xla_flags.apply_cpu_defaults(environment)
+  return environment
 
 
 def _tls_files(directory: str, server: bool) -> dict[str, str]:

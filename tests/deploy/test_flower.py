@@ -117,6 +117,11 @@ def test_flowers_own_processes_get_the_directory_of_its_executables_first_on_pat
   first, rest = env["PATH"].split(os.pathsep, 1)
   assert os.path.exists(os.path.join(first, "flower-superexec")) and rest == "/nowhere"
   assert env["OTHER"] == "kept"
+  from fedjax_med import xla_flags
+
+  # the apps in Flower's processes run the kernels main.py selects (when this jaxlib accepts the flags)
+  expected = xla_flags.apply_cpu_defaults({})
+  assert env.get("XLA_FLAGS", "") == expected
 
 
 class Deployment:
