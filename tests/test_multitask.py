@@ -112,3 +112,21 @@ def test_multimix_with_a_classification_dataset_scores_each_task_on_its_own_test
   config.partition.method = "column"
   with pytest.raises(ValueError, match="only supported centralised"):
     experiment.build(config)
+
+
+def test_a_deepest_map_below_4x4_is_refused_naming_the_widths_and_the_image_size():
+  from configs import multimix_ham10000
+
+  config = tiny_config()
+  config.model.kwargs.widths = (4, 8, 16, 32)  # 16x16 images halved 3 times: 2x2
+  with pytest.raises(ValueError, match=r"config.model.kwargs.widths=\(4, 8, 16, 32\) has 4 levels: the deepest map "
+                                       r"of the 16x16 images is 2x2, .*at most 3 levels"):
+    experiment.build(config)
+  config.model.min_deepest_size = 0  # allowed on request
+  experiment.check_model_depth(config, (16, 16, 1))
+  table = multimix_ham10000.get_config("multimix,100,10,table")
+  experiment.check_model_depth(table, (32, 32, 3))  # the table protocol: 4 levels at 32x32, 4x4 at the bottom
+  experiment.check_model_depth(multimix_ham10000.get_config("multimix,100,10"), (64, 64, 3))  # 5 levels at 64x64
+  table.model.kwargs.widths = (8, 16, 32, 64, 128)  # the results page's 5 levels
+  with pytest.raises(ValueError, match=r"32x32 images \(after config.data.downsample=2\) is 2x2"):
+    experiment.check_model_depth(table, (32, 32, 3))
