@@ -146,6 +146,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.pad_multiple = 1  # pad H, W to a multiple (U-Nets need 2**(depth-1))
   config.eval.hd95 = False
   config.eval.per_client = False  # each client's personalised model on its own site's rows (partition by column)
+  # Best-validation model selection ('' = off): at every evaluation the global model is also scored on this split
+  # (never the eval split or test); the best by select_metric ('' = key_metric; select_mode max | min) is kept in
+  # WORKDIR/best_variables.msgpack and evaluated at the end: results.json eval 'best/<metric>', 'best_round'.
+  config.eval.select_on = ""
+  config.eval.select_metric = ""
+  config.eval.select_mode = "max"
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every = 5  # rounds; also at the end

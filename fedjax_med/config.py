@@ -8,6 +8,7 @@ from typing import Any
 
 import ml_collections
 
+from fedjax_med.data.format import SPLITS
 from fedjax_med.data.partition import PARTITIONERS
 from fedjax_med.data.pipeline import BATCH_MODES
 from fedjax_med.engine.aggregation import SERVER_OPTIMIZERS
@@ -28,6 +29,7 @@ CHOICES: dict[str, tuple] = {
     "aggregation.nonfinite": NONFINITE_POLICIES,
     "execution.strategy": (*STRATEGIES, "auto"),
     "algorithm.batch_stats": ("average", "local"),
+    "eval.select_mode": ("max", "min"),
 }
 POSITIVE = ("num_rounds", "client.batch_size", "client.learning_rate", "partition.num_clients", "eval.every",
             "eval.batch_size", "checkpoint.every", "checkpoint.keep")
@@ -71,9 +73,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if bad or not config.execution.candidates:
     raise ConfigError(f"config.execution.candidates={tuple(config.execution.candidates)} must be a non-empty subset "
                       f"of {STRATEGIES}")
+  check_selection(config)
   if config.partition.only_client >= config.partition.num_clients:
     raise ConfigError(f"config.partition.only_client={config.partition.only_client} must be < "
                       f"partition.num_clients={config.partition.num_clients} (or -1 for all clients)")
+
+
+def check_selection(config: ml_collections.ConfigDict) -> None:
+  """``eval.select_on``: a split other than the evaluation split and test, scored with the global model."""
+  split = config.eval.select_on
+  if not split:
+    return
+  if split == "test" or split == config.data.eval_split or split not in SPLITS:
+    raise ConfigError(f"config.eval.select_on={split!r} must name a split other than the evaluation split "
+                      f"(data.eval_split={config.data.eval_split!r}) and 'test', e.g. 'val'; splits: {list(SPLITS)}")
+  unsupported = {"eval.per_client=True": config.eval.per_client, "data.name='tfds'": config.data.name == "tfds",
+                 "data.cls_source": bool(config.data.cls_source.name)}
+  for what, present in unsupported.items():
+    if present:
+      raise ConfigError(f"config.eval.select_on={split!r} selects the global model on one split of data.root; it is "
+                        f"not available with {what} (set eval.select_on='')")
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:

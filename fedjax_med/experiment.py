@@ -42,6 +42,7 @@ class Experiment:
   streamed: dict[str, StreamedCohort] = dataclasses.field(default_factory=dict)
   dp: privacy.DPConfig | None = None
   cls_eval_dataset: PreparedDataset | None = None  # multitask with data.cls_source: where classification is scored
+  select_dataset: PreparedDataset | None = None  # eval.select_on: the split the best global model is chosen on
 
   def data_for_round(self, round_num: int) -> dict[str, CohortData]:
     """The cohorts' data: device-resident, or this round's batches read through grain."""
@@ -287,7 +288,7 @@ def with_cls_source(config: ml_collections.ConfigDict,
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Builds the experiment (loads data, partitions, initialises the model, puts client data on device)."""
-  cls_eval_dataset = None
+  cls_eval_dataset = select_dataset = None
   if config.data.name == "tfds":
     clients, eval_dataset, meta, image_shape = tfds_clients(config)
   else:
@@ -296,6 +297,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     dataset = select_channels(dataset, tuple(config.data.channels))
     dataset = resize.downsample(dataset, config.data.downsample)
     train, eval_dataset, meta = dataset.split("train"), dataset.split(config.data.eval_split), dataset.meta
+    if config.eval.select_on:
+      select_dataset = dataset.split(config.eval.select_on)
+      if len(select_dataset) == 0:
+        raise ValueError(f"config.eval.select_on={config.eval.select_on!r} has no rows in {config.data.name}")
     image_shape = train.arrays["images"].shape[1:]
     check_patch_size(config, image_shape)
     if config.data.batch_mode == "volume_partitions":  # one row per volume; partitioned by patient like slices
@@ -347,7 +352,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       data[name], plans[name] = cohort_data([clients[i] for i in ids], ids, config.client.batch_size,
                                             config.client.local_steps, config.client.local_epochs)
   return Experiment(config, meta, clients, eval_dataset, cohorts, model, task, variables, algorithm, data,
-                    plans, batch_fns, streamed, dp, cls_eval_dataset)
+                    plans, batch_fns, streamed, dp, cls_eval_dataset, select_dataset)
 
 
 def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:

@@ -6,6 +6,7 @@ bit for bit: selection and sampling are pure functions of (seed, round, client i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ log = logging.getLogger("fedjax_med")
 CONFIG_FILE = "config.json"  # what determines results (compared on resumption)
 FULL_CONFIG_FILE = "config_full.json"  # every key of the latest invocation (to rebuild the run, e.g. overlays)
 GLOBAL_VARIABLES_FILE = "global_variables.msgpack"
+BEST_VARIABLES_FILE = "best_variables.msgpack"  # eval.select_on: the best global model so far
+BEST_RECORD_FILE = "best.json"  # its round, score and selection (what a resumed run continues from)
 RESULTS_FILE = "results.json"
 
 
@@ -268,9 +271,89 @@ def save_global_variables(workdir: str, variables) -> str:
   input of a later stage, e.g. fine-tuning from a pre-trained encoder (``model.init_encoder``)."""
   path = os.path.join(workdir, GLOBAL_VARIABLES_FILE)
   with open(path + ".tmp", "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
+    f.write(variables_bytes(variables))
   os.replace(path + ".tmp", path)
   return path
+
+
+def variables_bytes(variables) -> bytes:
+  return flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
+
+
+# -- best-validation model selection (eval.select_on) -----------------------------------------------------------------
+def selection_of(config: ml_collections.ConfigDict) -> dict[str, str] | None:
+  """The split, metric and direction (max | min) the best global model is selected by; None when off."""
+  cfg = config.eval
+  if not cfg.select_on:
+    return None
+  return {"split": cfg.select_on, "metric": cfg.select_metric or cfg.key_metric, "mode": cfg.select_mode}
+
+
+def global_variables_local(exp: experiment.Experiment, server_state):
+  """The global model's variables on the host (multi-process: this process's copy of the replicated state)."""
+  if jax.process_count() > 1:
+    server_state = jax.device_get(server_state)
+  return jax.device_get(exp.algorithm.eval_variables(server_state, None))
+
+
+def save_best(workdir: str, variables, record: dict) -> None:
+  """``best_variables.msgpack`` (written as the final global variables) and ``best.json`` (``record`` and the
+  variables' sha256), both through a temporary file and a rename. A crash between the two renames leaves
+  ``best.json.tmp`` matching the new variables; :func:`load_best` takes it then."""
+  data = variables_bytes(variables)
+  record = {**record, "sha256": hashlib.sha256(data).hexdigest()}
+  variables_path, record_path = os.path.join(workdir, BEST_VARIABLES_FILE), os.path.join(workdir, BEST_RECORD_FILE)
+  with open(record_path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  with open(variables_path + ".tmp", "wb") as f:
+    f.write(data)
+  os.replace(variables_path + ".tmp", variables_path)
+  os.replace(record_path + ".tmp", record_path)
+
+
+def load_best(workdir: str, selection: dict[str, str], like) -> dict | None:
+  """The best model a resumed run had kept (its record and ``variables``, structured as ``like``); None if there
+  is none or it was selected by another split, metric or direction (the selection then starts again, warned)."""
+  variables_path = os.path.join(workdir, BEST_VARIABLES_FILE)
+  if not os.path.exists(variables_path):
+    return None
+  with open(variables_path, "rb") as f:
+    data = f.read()
+  digest = hashlib.sha256(data).hexdigest()
+  for path in (os.path.join(workdir, BEST_RECORD_FILE), os.path.join(workdir, BEST_RECORD_FILE + ".tmp")):
+    try:
+      with open(path) as f:
+        record = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if record.get("sha256") == digest:
+      break
+  else:
+    log.warning("%s has no matching %s: the best-model selection starts again", variables_path, BEST_RECORD_FILE)
+    return None
+  if record["selection"] != selection:
+    log.warning("the best model kept in %s was selected by %s; this run selects by %s: the selection starts again",
+                workdir, record["selection"], selection)
+    return None
+  return {**record, "variables": flax.serialization.from_bytes(like, data)}
+
+
+def update_best(exp: experiment.Experiment, predict, variables, round_num: int, best: dict | None, workdir: str
+                ) -> tuple[dict | None, float]:
+  """Scores the global ``variables`` after ``round_num`` rounds on ``eval.select_on`` and keeps (in memory and in
+  the workdir) the better of them and ``best``; a tie keeps the earlier. Returns (best, this score)."""
+  selection = selection_of(exp.config)
+  report = report_of(exp, predict, variables, exp.select_dataset)
+  if selection["metric"] not in report:
+    raise config_lib.ConfigError(f"config.eval.select_metric={selection['metric']!r} is not among this task's "
+                                 f"metrics {sorted(report)}")
+  score = float(report[selection["metric"]])
+  better = best is None or (score > best["score"] if selection["mode"] == "max" else score < best["score"])
+  if np.isfinite(score) and better:
+    record = {"round": round_num, "score": score, "selection": selection}
+    save_best(workdir, variables, record)
+    best = {**record, "variables": variables}
+  return best, score
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
@@ -345,6 +428,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
                                     config.eval.pad_multiple)
   writer = MetricsWriter(workdir, start_round, tensorboard=config.log.tensorboard) if lead else _NoWriter()
+  selection, best = selection_of(config) if lead else None, None
+  if selection and start_round:
+    best = load_best(workdir, selection, global_variables_local(exp, server_state))
+  elif selection:  # a new run: what an attempt that never checkpointed kept is not this run's
+    for name in (BEST_VARIABLES_FILE, BEST_RECORD_FILE):
+      if os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
   record = {"strategy": strategy, "calibration": timings, "backend": jax.default_backend(),
             "config": config_lib.fingerprint(config)}
 
@@ -372,6 +462,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         row["privacy"] = privacy_record(exp, done)
       if (done % config.eval.every == 0 or done == config.num_rounds) and lead:
         last_eval = row["eval"] = evaluate_local(exp, predict, server_state, client_states)
+        if selection:
+          best, score = update_best(exp, predict, global_variables_local(exp, server_state), done, best, workdir)
+          row["select"] = {"split": selection["split"], selection["metric"]: score,
+                           "best_round": best["round"] if best else None}
       writer.write(row)
       if done % config.checkpoint.every == 0 or done == config.num_rounds:
         checkpointer.save(done, experiment.state_tree(server_state, client_states), record)
@@ -388,6 +482,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   stopped_unsaved = privacy_stop and rounds_done % config.eval.every != 0
   if lead and (not last_eval or stopped_unsaved):  # resumed a finished run, or the budget stopped it in between
     last_eval = evaluate_local(exp, predict, server_state, client_states)
+    if selection and (stopped_unsaved or best is None):
+      best, _ = update_best(exp, predict, global_variables_local(exp, server_state), rounds_done, best, workdir)
   if privacy_stop and rounds_done % config.checkpoint.every:
     final = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
     final.save(rounds_done, experiment.state_tree(server_state, client_states), record)
@@ -408,10 +504,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log.warning("%d of %d rounds left clients out of the aggregate for non-finite updates (%s); the run may have "
                 "diverged: check the learning rates (results.json 'skipped_clients')",
                 len(summary["skipped_clients"]), rounds_done, skipped_summary(summary["skipped_clients"]))
+  if selection and best is None:
+    log.warning("eval.select_on=%r: no finite %s score, so no best model is reported", selection["split"],
+                selection["metric"])
+  elif selection:  # the best model on the evaluation split, beside the last round's
+    best_eval = report_of(exp, predict, best["variables"], exp.eval_dataset)
+    summary["eval"] = {**last_eval, **{f"best/{k}": v for k, v in best_eval.items()}, "best_round": best["round"]}
+    summary["selection"] = {**selection, "round": best["round"], "score": best["score"]}
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
     json.dump(to_python(summary), f, indent=1)
   save_global_variables(workdir, exp.algorithm.eval_variables(server_state, None))
   print(summary_table(last_eval, f"Final evaluation on {config.data.name}/{config.data.eval_split} "
                       f"after {rounds_done} rounds ({strategy}):"))
+  if selection and best is not None:
+    print(summary_table(best_eval, f"The best model on {selection['split']} by {selection['metric']} (round "
+                        f"{best['round']}, {best['score']:.4f}) on {config.data.name}/{config.data.eval_split}:"))
   _sync("fedjax_med:done")
   return summary
