@@ -84,6 +84,12 @@ def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
 
   config.task.name = "multitask"
   config.task.threshold = 0.7  # official FixMatch confidence
+  # ours (issue 21; False = the official code): ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020) of
+  # the pseudo-labels: weak-view probabilities x labeled class prior / running mean of the unlabeled predictions,
+  # renormalised, before the argmax and the threshold (losses/multitask.py)
+  config.task.distribution_alignment = False
+  config.task.alignment_momentum = 0.99  # that running mean's EMA momentum (~ the last 100 steps; ReMixMatch
+  # averages the last 128 batches)
   config.partition.method = "column" if federated else "pooled"
   config.partition.column = "site"
   config.partition.clients = SITES

@@ -204,15 +204,23 @@ def site_rows(exp: Experiment, client: int) -> tuple[str, np.ndarray]:
   return site, rows
 
 
-def build_task(config: ml_collections.ConfigDict, model, ignore_index: int = 255) -> tasks.Task:
+def build_task(config: ml_collections.ConfigDict, model, ignore_index: int = 255,
+               class_prior: np.ndarray | None = None) -> tasks.Task:
+  """The config's task; ``class_prior`` (the labeled class distribution) is needed by multitask's
+  ``task.distribution_alignment``."""
   if config.task.name == "classification":
     return tasks.classification(model)
   if config.task.name == "representation":
     return tasks.representation(model)
   if config.task.name == "multitask":
     t = config.task
+    aligned = t.get("distribution_alignment", False)
+    if aligned and class_prior is None:
+      raise ValueError("config.task.distribution_alignment needs the labeled class prior of the training data")
     return tasks.multitask(model, cls_weight=t.cls_weight, dice_weight=t.dice_weight, ssl_weight=t.ssl_weight,
-                           consistency_weight=t.consistency_weight, threshold=t.threshold)
+                           consistency_weight=t.consistency_weight, threshold=t.threshold,
+                           class_prior=tuple(class_prior) if aligned else None,
+                           alignment_momentum=t.get("alignment_momentum") if aligned else None)
   if config.task.name == "weak_segmentation":
     t = config.task
     return tasks.weak_segmentation(model, ignore_index, t.crf_weight, t.crf_radius, t.crf_sigma_xy, t.crf_sigma_rgb,
@@ -328,7 +336,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   variables = models.init_variables(model, key_model, input_shape)
   if config.model.init_encoder:
     variables = models.load_pretrained_encoder(variables, config.model.init_encoder)
-  task = build_task(config, model, ignore_index_of(meta))
+  class_prior = None
+  if config.task.name == "multitask" and config.task.get("distribution_alignment", False):
+    class_prior = budgets.labeled_class_prior(train, num_classes)  # pooled over the clients (a C-vector)
+  task = build_task(config, model, ignore_index_of(meta), class_prior)
+  if task.extra_variables:  # state the loss carries between steps (e.g. distribution alignment's running mean)
+    variables = {**variables, **task.extra_variables}
   algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables, model)
   cohorts: dict[str, list[int]] = {}
   for client_id, role in enumerate(roles(len(clients))):

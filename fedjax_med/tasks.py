@@ -7,12 +7,13 @@ A task turns a flax model into ``loss_fn(params, model_state, batch, rng, train)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_med import losses
 from fedjax_med.engine.types import Batch, PyTree
@@ -26,6 +27,9 @@ class Task(NamedTuple):
   predict_fn: Callable[[PyTree, jax.Array], jax.Array]
   ignore_index: int = -1  # weak_segmentation: the label of unannotated pixels
   predict_seg_fn: Callable[[PyTree, jax.Array], jax.Array] | None = None  # multitask: the segmentation output
+  # variable collections the loss carries from step to step (not parameters), added to the model's variables at
+  # init; e.g. multitask's running mean for distribution alignment
+  extra_variables: PyTree | None = None
 
 
 def apply_model(model: nn.Module, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array,
@@ -102,7 +106,8 @@ MULTITASK_STREAMS = ("cls_images", "weak", "strong", "seg_images", "seg_u", "seg
 
 
 def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_weight: float,
-              consistency_weight: float, threshold: float) -> Task:
+              consistency_weight: float, threshold: float, class_prior: Sequence[float] | None = None,
+              alignment_momentum: float | None = None) -> Task:
   """MultiMix's objective (Haque et al., MELBA 2021) on the streams of ``data.batch_mode='multitask'``:
 
   ``cls_weight`` x CE on labeled images + ``dice_weight`` x soft Dice on labeled masks + ``ssl_weight`` x FixMatch
@@ -110,6 +115,13 @@ def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_we
   (``losses.multitask``). A weight of 0 drops its streams from the forward pass. With ``model.use_saliency`` the
   saliency bridge of the segmentation streams is computed inside the step (eval-mode classifier, no
   second-order terms).
+
+  ``class_prior`` (``[num_classes]``, the labeled class distribution; None = off, the official code) turns on
+  ReMixMatch's distribution alignment of the pseudo-labels (Berthelot et al., ICLR 2020): each training step
+  updates the running mean of the weak view's probabilities (``alignment_momentum``; kept in the variables'
+  ``distribution_alignment`` collection, starting at the prior, so nothing is corrected before the model's
+  predictions drift from it), then aligns that batch's probabilities with the updated mean before the argmax and
+  the threshold (``losses.multitask.align_distribution``).
   """
   from fedjax_med.losses import multitask as mt
   from fedjax_med.models.multimix import saliency
@@ -120,6 +132,8 @@ def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_we
   seg_streams = {"seg_images", "seg_u", "seg_u_photo"}
   if not streams:
     raise ValueError("config.task: every multitask loss weight is 0")
+  extra_variables = alignment_variables(class_prior, alignment_momentum, ssl_weight)
+  prior = None if class_prior is None else jnp.asarray(class_prior, jnp.float32)
 
   def bridge(variables, images_by_stream):
     if not getattr(model, "use_saliency", False):
@@ -127,16 +141,33 @@ def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_we
     return jnp.concatenate([saliency(model, variables, x) if name in seg_streams else jnp.zeros(x.shape[:3] + (1,))
                             for name, x in images_by_stream.items()])
 
+  def pseudo_label_loss(outputs_weak, outputs_strong, state, train):
+    """FixMatch's term and its metrics; with alignment, the state with the updated running mean."""
+    if prior is None:
+      loss, kept = mt.fixmatch_loss(outputs_weak, outputs_strong, threshold)
+      return loss, {"kept_fraction": kept}, state
+    if mt.ALIGNMENT_COLLECTION not in state:
+      raise ValueError(f"distribution alignment needs the {mt.ALIGNMENT_COLLECTION!r} variables of "
+                       "Task.extra_variables among the model's variables")
+    mean = mt.update_unlabeled_mean(state[mt.ALIGNMENT_COLLECTION]["unlabeled_mean"], outputs_weak,
+                                    alignment_momentum)
+    loss, kept = mt.fixmatch_loss(outputs_weak, outputs_strong, threshold, prior, mean)
+    if train:
+      state = {**state, mt.ALIGNMENT_COLLECTION: {"unlabeled_mean": mean}}
+    return loss, {"kept_fraction": kept, "unlabeled_mean_max": jnp.max(mean)}, state
+
   def loss_fn(params, model_state, batch: Batch, rng, train=True):
     images = {name: batch[name] for name in streams}
     x = jnp.concatenate(list(images.values()))
-    variables = {"params": params, **model_state}
+    net_state = {k: v for k, v in model_state.items() if k != mt.ALIGNMENT_COLLECTION}
+    variables = {"params": params, **net_state}
     sal = bridge(variables, images)
-    if train and model_state:
-      outputs, model_state = model.apply(variables, x, train=True, saliency=sal, rngs={"dropout": rng},
-                                         mutable=list(model_state))
+    if train and net_state:
+      outputs, net_state = model.apply(variables, x, train=True, saliency=sal, rngs={"dropout": rng},
+                                       mutable=list(net_state))
     else:
       outputs = model.apply(variables, x, train=train, saliency=sal, rngs={"dropout": rng})
+    model_state = {**model_state, **net_state}
     sizes = [images[name].shape[0] for name in streams]
     offsets = dict(zip(streams, [sum(sizes[:i]) for i in range(len(sizes))]))
     part = lambda key, name: outputs[key][offsets[name]:offsets[name] + images[name].shape[0]]
@@ -150,8 +181,9 @@ def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_we
       metrics["dice_loss"] = losses.weighted_mean(per * batch["seg_weight"], batch["seg_weight"])
       loss = loss + dice_weight * metrics["dice_loss"]
     if ssl_weight:
-      metrics["ssl"], metrics["kept_fraction"] = mt.fixmatch_loss(part("logits", "weak"), part("logits", "strong"),
-                                                                  threshold)
+      metrics["ssl"], ssl_metrics, model_state = pseudo_label_loss(part("logits", "weak"), part("logits", "strong"),
+                                                                   model_state, train)
+      metrics.update(ssl_metrics)
       loss = loss + ssl_weight * metrics["ssl"]
     if consistency_weight:
       metrics["seg_consistency"] = mt.segmentation_consistency(part("seg_logits", "seg_u"),
@@ -166,7 +198,25 @@ def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_we
     sal = saliency(model, variables, images) if getattr(model, "use_saliency", False) else None
     return jax.nn.softmax(model.apply(variables, images, train=False, saliency=sal)["seg_logits"], axis=-1)
 
-  return Task("multitask", loss_fn, predict_fn, predict_seg_fn=predict_seg_fn)
+  return Task("multitask", loss_fn, predict_fn, predict_seg_fn=predict_seg_fn, extra_variables=extra_variables)
+
+
+def alignment_variables(class_prior: Sequence[float] | None, momentum: float | None, ssl_weight: float) -> dict | None:
+  """The initial ``distribution_alignment`` collection (the running mean, starting at ``class_prior``), or None
+  when alignment is off; ValueError for a prior or momentum that cannot work."""
+  from fedjax_med.losses import multitask as mt
+
+  if class_prior is None:
+    return None
+  prior = np.asarray(class_prior, np.float64)
+  if prior.ndim != 1 or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
+    raise ValueError(f"distribution alignment: the class prior must be a distribution over the classes; got {prior}")
+  if momentum is None or not 0.0 <= momentum < 1.0:
+    raise ValueError(f"config.task.alignment_momentum must be in [0, 1); got {momentum}")
+  if not ssl_weight:
+    raise ValueError("config.task.distribution_alignment aligns FixMatch's pseudo-labels: it needs "
+                     "config.task.ssl_weight > 0 (modes encssl, multimix)")
+  return {mt.ALIGNMENT_COLLECTION: {"unlabeled_mean": jnp.asarray(prior, jnp.float32)}}
 
 
 def representation(model: nn.Module) -> Task:

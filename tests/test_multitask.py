@@ -130,3 +130,37 @@ def test_a_deepest_map_below_4x4_is_refused_naming_the_widths_and_the_image_size
   table.model.kwargs.widths = (8, 16, 32, 64, 128)  # the results page's 5 levels
   with pytest.raises(ValueError, match=r"32x32 images \(after config.data.downsample=2\) is 2x2"):
     experiment.check_model_depth(table, (32, 32, 3))
+
+
+def test_distribution_alignment_starts_at_the_labeled_prior_and_tracks_the_unlabeled_predictions():
+  import jax
+
+  from fedjax_med.losses import multitask as mt
+  from tests.helpers import run_rounds
+
+  config = tiny_config("encssl,20,6")
+  config.task.distribution_alignment, config.task.alignment_momentum = True, 0.5
+  config.model.kwargs.dropout = 0.0  # train-mode logits = eval-mode logits: the update can be recomputed here
+  exp = experiment.build(config)
+  labels = exp.client_datasets[0].arrays["labels"]
+  counts = np.bincount(labels[labels >= 0], minlength=3)
+  prior = exp.variables[mt.ALIGNMENT_COLLECTION]["unlabeled_mean"]
+  np.testing.assert_allclose(prior, counts / counts.sum(), rtol=1e-6)  # the 20 labeled rows' class distribution
+  arrays = {k: jax.numpy.asarray(v) for k, v in exp.client_datasets[0].arrays.items() if v.dtype.kind in "uif"}
+  batch = next(iter(exp.batch_fns.values()))(arrays, jax.numpy.arange(3), jax.random.PRNGKey(0))
+  state = {k: v for k, v in exp.variables.items() if k != "params"}
+  _, (new_state, metrics) = exp.task.loss_fn(exp.variables["params"], state, batch, jax.random.PRNGKey(1))
+  weak = jax.nn.softmax(exp.model.apply(exp.variables, batch["weak"], train=False)["logits"])
+  np.testing.assert_allclose(new_state[mt.ALIGNMENT_COLLECTION]["unlabeled_mean"], 0.5 * prior + 0.5 * weak.mean(0),
+                             rtol=1e-5)
+  assert "unlabeled_mean_max" in metrics
+  _, (same, _) = exp.task.loss_fn(exp.variables["params"], state, batch, jax.random.PRNGKey(1), train=False)
+  np.testing.assert_array_equal(same[mt.ALIGNMENT_COLLECTION]["unlabeled_mean"], prior)  # evaluation: no update
+  server, _ = run_rounds(config, "sequential", 2)  # through the engine: carried between steps and rounds
+  mean = np.asarray(server.params[mt.ALIGNMENT_COLLECTION]["unlabeled_mean"])
+  np.testing.assert_allclose(mean.sum(), 1.0, rtol=1e-5)
+  assert np.abs(mean - np.asarray(prior)).max() > 1e-4
+  enc = tiny_config("enc,20,6")
+  enc.task.distribution_alignment = True
+  with pytest.raises(ValueError, match=r"needs config.task.ssl_weight > 0"):
+    experiment.build(enc)

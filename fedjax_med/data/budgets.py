@@ -90,3 +90,16 @@ def with_classification_stream(seg_train: PreparedDataset, cls_train: PreparedDa
   meta = dict(seg_train.meta, num_classes=cls_train.meta["num_classes"],
               class_names=cls_train.meta.get("class_names"), cls_source=cls_train.meta.get("name"))
   return PreparedDataset(arrays, meta)
+
+
+def labeled_class_prior(train: PreparedDataset, num_classes: int) -> np.ndarray:
+  """The class distribution ``[num_classes]`` (float64, sums to 1) of the training rows that keep their class label
+  (``cls_labeled``, or every row with a label >= 0 when the flag is absent): the labeled prior of distribution
+  alignment."""
+  labels = train.arrays["labels"]
+  keep = train.arrays["cls_labeled"].astype(bool) if train.has("cls_labeled") else labels >= 0
+  counts = np.bincount(labels[keep & (labels >= 0)], minlength=num_classes).astype(np.float64)
+  if len(counts) != num_classes or counts.sum() == 0:
+    raise DatasetError(f"the labeled training rows give no class distribution over {num_classes} classes "
+                       f"(counts {counts.tolist()})")
+  return counts / counts.sum()

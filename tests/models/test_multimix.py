@@ -74,3 +74,24 @@ def test_unlabeled_segmentation_term_has_a_gradient_and_is_zero_at_agreement():
   one = lambda x: jnp.mean(jax.nn.softmax(x[..., :1], -1) * (jax.nn.log_softmax(x[..., :1], -1) -
                                                             jax.nn.log_softmax(a[..., :1], -1)))
   assert float(one(b)) == 0.0 and float(jnp.abs(jax.grad(one)(b)).sum()) == 0.0
+
+
+def test_distribution_alignment_by_hand():
+  # ReMixMatch (Berthelot et al., ICLR 2020): p * prior / running mean, renormalised, then argmax and threshold
+  prior, mean = jnp.array([0.5, 0.5]), jnp.array([0.8, 0.2])  # the model gives class 0 80 % of unlabeled mass
+  probs = jnp.array([[0.9, 0.1], [0.6, 0.4]])
+  # sample 0: [0.9 x 0.625, 0.1 x 2.5] = [0.5625, 0.25] -> [9/13, 4/13]; sample 1: [0.375, 1.0] -> [3/11, 8/11]
+  np.testing.assert_allclose(multitask.align_distribution(probs, prior, mean), [[9 / 13, 4 / 13], [3 / 11, 8 / 11]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(multitask.align_distribution(probs, mean, mean), probs, rtol=1e-6)  # prior = mean: as is
+  weak = jnp.log(probs)  # softmax(log p) = p
+  np.testing.assert_array_equal(multitask.pseudo_labels(weak, 0.7)[1], [1.0, 0.0])  # plain: only sample 0 (0.9)
+  labels, mask = multitask.pseudo_labels(weak, 0.7, prior, mean)
+  np.testing.assert_array_equal(labels, [0, 1])
+  np.testing.assert_array_equal(mask, [0.0, 1.0])  # aligned: 9/13 = 0.69 < 0.7 dropped, 8/11 = 0.73 kept as class 1
+  strong = jnp.array([[1.0, 0.0], [2.0, -1.0]])
+  loss, kept = multitask.fixmatch_loss(weak, strong, 0.7, prior, mean)
+  np.testing.assert_allclose(loss, (jax.nn.logsumexp(strong[1]) - strong[1, 1]) / 2, rtol=1e-6)  # mean over both
+  np.testing.assert_allclose(kept, 0.5)
+  # running mean, momentum 0.5: 0.5 x [0.8, 0.2] + 0.5 x mean([0.9, 0.1], [0.6, 0.4]) = [0.775, 0.225]
+  np.testing.assert_allclose(multitask.update_unlabeled_mean(mean, weak, 0.5), [0.775, 0.225], rtol=1e-6)
