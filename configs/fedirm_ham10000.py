@@ -2,14 +2,15 @@
 
   python main.py --config configs/fedirm_ham10000.py --workdir runs/fedirm_ham              # FedIRM
   python main.py --config configs/fedirm_ham10000.py:lower --workdir runs/fedirm_ham_lower  # baselines: lower,
-  upper, meanteacher, fixmatch, official (see configs/fedirm.py for what each mode changes)
+  upper, meanteacher, zero_update (the dilution control), fixmatch, official (configs/fedirm.py says what each
+  mode changes)
   python main.py --config configs/fedirm_ham10000.py:fedirm,table ...                        # docs/results table
   python main.py --config configs/fedirm_ham10000.py:fedirm,full ...                         # the paper's scale
 
 Data: the compact ``$FEDJAX_MED_DATA/ham10000/ham10000_64.npz`` (lesion-grouped train/val/test split; the
-test split evaluates) or ISIC 2018 / HAM10000 prepared from the original download with
-``python -m fedjax_med.data.prepare ham10000 --raw DIR --out prepared/ham10000`` (then
-``--config.data.root=prepared/ham10000``).
+test split evaluates, the val split selects the best model: results.json ``best/<metric>``, ``best_round``) or
+ISIC 2018 / HAM10000 prepared from the original download with ``python -m fedjax_med.data.prepare ham10000 --raw
+DIR --out prepared/ham10000`` (then ``--config.data.root=prepared/ham10000``).
 
 CPU protocol (default): the narrow DenseNet-121 (growth 12, 24 stem features, 1.0 M parameters, head
 dropout 0.2), batch 32, 10 local steps, 60 rounds, warm-up 15 rounds, ramp-up 15 rounds.
@@ -44,6 +45,11 @@ def get_config(arg: str = "fedirm") -> ml_collections.ConfigDict:
   config.client.weight_decay = 5e-4  # L2 added to the gradient (official)
   config.eval.every = 10
   config.eval.key_metric = "macro_auroc"
+  # Best-validation model selection beside the last round (the authors in liuquande/FedIRM issue #2, methods.md
+  # 1.11: "use the model of the last round or adopt the validation set; results are similar"); scored at every
+  # evaluation, never on test.
+  config.eval.select_on = "val"
+  config.eval.select_metric = "macro_auroc"
   config.checkpoint.every = 10
   if scale == "table":
     # docs/results/fedirm_ham10000.md: 5 methods x 3 seeds must fit ~2 h of this 2-core CPU, so a 4x shallower

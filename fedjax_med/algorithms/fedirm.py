@@ -13,7 +13,7 @@ Two cohorts share one global model (FedAvg over both):
 * ``unlabeled``: from round ``warmup_rounds`` on. A mean teacher (EMA of the student)
   on the second view gives consistency targets (squared distance of softmaxes); the
   student's confident and certain samples (max probability >= ``confidence``,
-  MC-dropout predictive entropy < ``entropy_threshold`` x log C) get pseudo-labels,
+  MC-dropout predictive entropy < ``entropy_threshold``, in nats or x log C) get pseudo-labels,
   whose DRM is pulled to the server's by the symmetric KL (the IRM loss). Both terms
   are weighted by a sigmoid ramp-up. The MC-dropout passes reuse one backbone
   forward: only the head (dropout + Dense on pooled features) runs ``mc_passes``
@@ -23,8 +23,9 @@ The same module gives the baselines of the paper's comparison by hyper-parameter
 ``unlabeled_loss='consistency'`` (mean teacher only), ``'fixmatch'`` (FedFixMatch:
 pseudo-labels from the weak view above a confidence, cross-entropy on the strong
 view) and ``'none'`` (the unlabeled clients never train: FedAvg of the labeled
-clients). The official code's behaviour differs in places; :class:`Hyper` has a
-switch for each (see ``configs/fedirm.py``).
+clients); ``unlabeled_update='zero'`` is the dilution control (the unlabeled clients are
+averaged in with zero updates, :func:`zero_update_cohort`). The official code's behaviour
+differs in places; :class:`Hyper` has a switch for each (see ``configs/fedirm.py``).
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ from fedjax_med.losses import relation
 
 UNLABELED_LOSSES = ("relation", "consistency", "fixmatch", "none")
 TEACHER_SYNCS = ("round", "never")
+UNLABELED_UPDATES = ("train", "zero")
 UNLABELED_AGGREGATIONS = ("count", "ramp", "balanced", "additive")
 COHORTS = ("labeled", "unlabeled")
 
 
 @dataclasses.dataclass(frozen=True)
 class Hyper:
-  """FedIRM hyper-parameters (static). Defaults follow the paper; ``configs/fedirm.py`` lists the official ones."""
+  """FedIRM hyper-parameters (static). Defaults follow the paper (the entropy filter: the official code, the paper's
+  definition being unverified); ``configs/fedirm.py`` lists the official ones."""
 
   num_classes: int
   temperature: float = 2.0
@@ -64,8 +67,8 @@ class Hyper:
   rampup_rounds: float = 30.0
   rampup_start: int = -1  # round at which the ramp-up starts; -1 = warmup_rounds (official: 0)
   confidence: float = 0.3
-  entropy_threshold: float = 0.5  # fraction of log C when entropy_relative (official: 2.0 nats, never filters)
-  entropy_relative: bool = True
+  entropy_threshold: float = 2.0  # nats (official; never filters 5 or 7 classes); a fraction of log C if relative
+  entropy_relative: bool = False
   mc_passes: int = 10
   ema_decay: float = 0.99
   teacher_sync: str = "round"  # round: teacher <- global model each round | never (official)
@@ -74,16 +77,21 @@ class Hyper:
   fixmatch_weight: float = 1.0
   persist_optimizer: bool = True  # clients keep their optimizer state across rounds (as the official code)
   unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp | balanced | additive; see server_update
+  unlabeled_update: str = "train"  # train | zero: the dilution control, see unlabeled_cohort
 
   def __post_init__(self):
     for name, value, allowed in (("unlabeled_loss", self.unlabeled_loss, UNLABELED_LOSSES),
                                  ("teacher_sync", self.teacher_sync, TEACHER_SYNCS),
                                  ("drm_mode", self.drm_mode, relation.DRM_MODES),
-                                 ("unlabeled_aggregation", self.unlabeled_aggregation, UNLABELED_AGGREGATIONS)):
+                                 ("unlabeled_aggregation", self.unlabeled_aggregation, UNLABELED_AGGREGATIONS),
+                                 ("unlabeled_update", self.unlabeled_update, UNLABELED_UPDATES)):
       if value not in allowed:
         raise ValueError(f"config.algorithm.{name}={value!r} is not allowed; allowed: {list(allowed)}")
     if self.mc_passes < 1 and self.unlabeled_loss == "relation":
       raise ValueError(f"config.algorithm.mc_passes must be >= 1 for relation matching; got {self.mc_passes}")
+    if self.unlabeled_update == "zero" and self.unlabeled_loss == "none":
+      raise ValueError("config.algorithm.unlabeled_update='zero' needs the unlabeled clients in the aggregate; "
+                       "unlabeled_loss='none' leaves them out of every round (use another unlabeled_loss)")
 
   @property
   def entropy_limit(self) -> float:
@@ -330,6 +338,32 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
   return CohortSpec(client_init, start, step, finish)
 
 
+def zero_update_cohort() -> CohortSpec:
+  """The dilution control (``unlabeled_update='zero'``): the unlabeled clients join the aggregate from round
+  ``warmup_rounds`` on with their usual weight but send a zero delta (parameters and batch statistics), so the
+  labeled clients' updates are diluted exactly as in FedIRM while nothing is learned from the unlabeled data. A
+  method that beats this control gains from its unlabeled loss, not only from taking less weight off the labeled
+  clients. The step does no work (the batches it is given are unused)."""
+
+  def client_init(variables, rng):
+    del variables, rng
+    return {}
+
+  def start(server_state: ServerState, client_state, rng):
+    del server_state, client_state, rng
+    return {}
+
+  def step(local, batch, rng):
+    del batch, rng
+    return local, {}
+
+  def finish(server_state: ServerState, client_state, local):
+    del client_state, local
+    return {}, {"delta": jax.tree.map(jnp.zeros_like, server_state.params)}, {}
+
+  return CohortSpec(client_init, start, step, finish)
+
+
 # -- server -------------------------------------------------------------------------------------------------------
 def aggregate_drm(old: jax.Array, result: ClientResults) -> tuple[jax.Array, jax.Array]:
   """Row-wise weighted mean of the labeled clients' DRMs; rows nobody saw keep ``old``. Returns (drm, any row)."""
@@ -409,5 +443,6 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
       return True
     return hp.unlabeled_loss != "none" and round_num >= hp.warmup_rounds
 
-  cohorts = {"labeled": labeled_cohort(model, client_tx, hp), "unlabeled": unlabeled_cohort(model, client_tx, hp)}
+  unlabeled = unlabeled_cohort(model, client_tx, hp) if hp.unlabeled_update == "train" else zero_update_cohort()
+  cohorts = {"labeled": labeled_cohort(model, client_tx, hp), "unlabeled": unlabeled}
   return FederatedAlgorithm(init, cohorts, server_update, eval_variables, participates)

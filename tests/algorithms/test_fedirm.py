@@ -66,7 +66,7 @@ def test_ema_update_and_decay_schedule_by_hand():
 
 
 def test_uncertainty_filter_removes_high_entropy_samples():
-  hp = fedirm.Hyper(num_classes=4, entropy_threshold=0.5, confidence=0.3)
+  hp = fedirm.Hyper(num_classes=4, entropy_threshold=0.5, entropy_relative=True, confidence=0.3)
   assert hp.entropy_limit == pytest.approx(0.5 * math.log(4))
   probs = jnp.array([[0.9, 0.05, 0.03, 0.02], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
   entropy = -jnp.sum(probs * jnp.log(probs), -1)  # 0.43, 1.28, 1.39 nats
@@ -74,6 +74,7 @@ def test_uncertainty_filter_removes_high_entropy_samples():
   official = fedirm.Hyper(num_classes=4, entropy_threshold=2.0, entropy_relative=False)
   np.testing.assert_array_equal(fedirm.kept_samples(probs, entropy, official), [1.0, 1.0, 0.0])  # 0.25 < 0.3
   assert official.entropy_limit > math.log(7)  # the official 2.0 nats cannot filter 5 or 7 classes
+  assert fedirm.Hyper(num_classes=7).entropy_limit == official.entropy_limit  # the default is the official filter
 
 
 def test_mc_dropout_entropy_runs_the_head_and_grows_with_dropout():
@@ -219,7 +220,7 @@ def _round_messages(config, rounds_before: int):
 
 
 def test_relation_matching_changes_only_the_unlabeled_clients():
-  keep_all = dict(warmup_rounds=0, confidence=0.0, entropy_threshold=1.01)  # every sample enters the local DRM
+  keep_all = dict(warmup_rounds=0, confidence=0.0)  # every sample enters the local DRM (2.0 nats > log 4)
   server_on, with_irm = _round_messages(tiny_fedirm_config(**keep_all), rounds_before=1)
   server_off, without = _round_messages(tiny_fedirm_config(relation_weight=0.0, **keep_all), rounds_before=1)
   assert float(server_on.extra["drm_ready"]) == 1.0  # round 1's labeled clients sent a DRM
@@ -244,7 +245,8 @@ def test_warmup_trains_the_labeled_clients_alone():
   assert sorted(train.selection_for(lower, 5)) == ["labeled"]
 
 
-@pytest.mark.parametrize("mode", ["upper", "meanteacher", "fixmatch", "official"])  # fedirm, lower: tests above
+# fedirm, lower: the tests above
+@pytest.mark.parametrize("mode", ["upper", "meanteacher", "zero_update", "fixmatch", "official"])
 def test_every_mode_trains_two_rounds_to_finite_metrics(mode, tmp_path):
   summary = train.run(tiny_fedirm_config(mode), str(tmp_path / mode))
   assert np.isfinite(summary["eval"]["macro_auroc"]) or np.isnan(summary["eval"]["macro_auroc"])
@@ -304,3 +306,39 @@ def test_a_round_keeps_the_state_types_so_round_two_does_not_compile_again():
   describe = lambda tree: [(x.dtype, x.shape, x.weak_type) for x in jax.tree.leaves(tree)]
   assert describe(after) == describe((server, clients))
   assert not any(weak for _, _, weak in describe((server, clients)))
+
+
+def test_zero_update_is_refused_without_unlabeled_clients():
+  with pytest.raises(ValueError, match=r"unlabeled_update='zero' needs the unlabeled clients"):
+    fedirm.Hyper(num_classes=3, unlabeled_update="zero", unlabeled_loss="none")
+
+
+def test_zero_update_dilutes_the_labeled_updates_exactly_as_fedirm():
+  """The dilution control: in a round with both cohorts the unlabeled clients send zero deltas (parameters and
+  batch statistics), the labeled clients send what they send under FedIRM, and the server's new model is the
+  global one plus the sample-weighted mean over ALL clients in which the unlabeled deltas are 0."""
+  config = tiny_fedirm_config("zero_update")  # warm-up: round 1 labeled only, round 2 both cohorts
+  exp = experiment.build(config)
+  server, states = experiment.initial_state(exp)
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+                                 weighting="num_examples")
+  server, states, _ = runner(server, states, exp.data, train.selection_for(exp, 0))
+  _, fedirm_messages = _round_messages(tiny_fedirm_config("fedirm"), rounds_before=1)
+  _, messages = _round_messages(config, rounds_before=1)
+  counts = {int(c): float(n) for name in exp.cohorts
+            for c, n in zip(exp.data[name].client_ids, exp.data[name].counts)}
+  expected = jax.tree.map(jnp.zeros_like, server.params)
+  for client, (cohort, delta) in messages.items():
+    if cohort == "unlabeled":
+      assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(delta))
+    else:
+      for a, b in zip(jax.tree.leaves(delta), jax.tree.leaves(fedirm_messages[client][1])):
+        np.testing.assert_array_equal(a, b)  # the labeled update does not depend on the switch
+      assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(delta)) > 0
+    expected = jax.tree.map(lambda e, d, w=counts[client]: e + w * d, expected, delta)
+  total = sum(counts.values())
+  assert sorted(train.selection_for(exp, 1)) == ["labeled", "unlabeled"] and len(counts) == 4
+  new, _, report = runner(server, states, exp.data, train.selection_for(exp, 1))
+  assert set(report.metrics["unlabeled"]) == {"local_steps"}  # the engine's count alone: no loss was computed
+  for got, old, mean in zip(jax.tree.leaves(new.params), jax.tree.leaves(server.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, old + mean / total, rtol=1e-5, atol=1e-7)  # server SGD with learning rate 1
