@@ -164,3 +164,17 @@ def test_distribution_alignment_starts_at_the_labeled_prior_and_tracks_the_unlab
   enc.task.distribution_alignment = True
   with pytest.raises(ValueError, match=r"needs config.task.ssl_weight > 0"):
     experiment.build(enc)
+
+
+def test_claim_mode_is_the_pneumonia_table_protocol_evaluated_once():
+  from configs import multimix_ham10000
+
+  claim = multimix_ham10000.get_config("multimix,100,10,claim")
+  table = multimix_ham10000.get_config("multimix,100,10,pneumonia,table")
+  assert claim.data.cls_source.name == "pneumoniamnist" and claim.partition.method == "pooled"
+  assert claim.eval.every == claim.num_rounds == table.num_rounds
+  assert not claim.task.distribution_alignment  # the switch is off by default (the official code)
+  claim.eval.every, claim.checkpoint.every = table.eval.every, table.checkpoint.every
+  assert claim.to_dict() == table.to_dict()
+  with pytest.raises(ValueError, match="claim is centralised"):
+    multimix_ham10000.get_config("multimix,100,10,fed,claim")
