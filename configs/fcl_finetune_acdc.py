@@ -3,6 +3,8 @@
   python main.py --config configs/fcl_finetune_acdc.py:1 --config.model.init_encoder=runs/fcl_pre \\
       --workdir runs/ft_fcl_n1                                   # encoder from FCL pre-training, N = 1
   python main.py --config configs/fcl_finetune_acdc.py:1 --workdir runs/ft_random_n1   # random initialisation
+  python main.py --config configs/fcl_finetune_acdc.py:1,table,staged --config.model.init_encoder=runs/fcl_pre \
+      --workdir runs/ft_fcl_n1_staged     # decoder only first, then everything at a lower lr (issue 21)
 
 The argument is N, the labeled patients per client (the issue's N in {1, 2, 4}); each client keeps N of
 its 8 training patients (both ED and ES volumes, all their slices), drawn with the run's seed. 10 clients,
@@ -10,17 +12,30 @@ FedAvg, Dice + cross-entropy, evaluation on the 20 held-out test patients: 3-D D
 LV) per volume, mean over volumes (``dice3d``, ``dice3d_class1..3``). The U-Net's widths must be the
 pre-training encoder's (``configs/fcl_acdc.py``); the decoder starts fresh.
 PCL's fine-tuning: Adam 5e-5, batch 10, 100 epochs, CE only; ours: Adam 1e-3, Dice + CE (short CPU budget).
+
+Options after N (comma-separated): ``table`` (the CPU protocol of docs/results/fcl_acdc.md) and ``staged``: the
+encoder's weights stay fixed for the first half of the rounds (the fresh decoder learns on the frozen encoder), then
+every weight trains at ``client.after_unfreeze_lr_scale`` x the learning rate, with persistent client optimizer state
+(issue 21: plain fine-tuning moved the encoder 2-4x farther than pre-training had). The same schedule applies to
+every initialisation, random included, so the comparison stays paired.
+
+The frozen-encoder probe ``python -m fedjax_med.probe --encoder PRE --config configs/fcl_finetune_acdc.py:1,table``
+scores an encoder without fine-tuning it (a per-pixel linear head on its frozen features).
 """
 
 import ml_collections
 
 from configs import common, fcl_acdc, fedavg
 
+OPTIONS = ("table", "staged")
+
 
 def get_config(arg: str = "1") -> ml_collections.ConfigDict:
-  arg, _, scale = arg.partition(",")
-  if scale not in ("", "table"):
-    raise ValueError(f"unknown config scale {scale!r}; allowed: '' (CPU protocol) or 'table'")
+  arg, *options = arg.split(",")
+  unknown = [o for o in options if o not in OPTIONS]
+  if unknown:
+    raise ValueError(f"unknown config options {unknown}; allowed after N: {list(OPTIONS)}")
+  scale = "table" if "table" in options else ""
   try:
     labeled_patients = int(arg)
   except ValueError:
@@ -41,8 +56,14 @@ def get_config(arg: str = "1") -> ml_collections.ConfigDict:
   config.model.name = "unet"
   config.model.kwargs = ml_collections.ConfigDict(dict(widths=pre.model.kwargs.widths, norm="batch"))
   config.model.init_encoder = ""  # a pre-training workdir; "" = random initialisation
+  # Staged fine-tuning (fedjax_med.algorithms.fedavg.Schedule; ``staged`` sets it): variables whose '/'-joined path
+  # matches the regex `frozen` stay fixed in the first `frozen_rounds` rounds; afterwards every parameter trains at
+  # client.after_unfreeze_lr_scale x the learning rate. "" / 0 / 1.0 = plain fine-tuning.
+  config.algorithm.frozen = ""
+  config.algorithm.frozen_rounds = 0
   config.client.optimizer = "adam"
   config.client.learning_rate = 1e-3
+  config.client.after_unfreeze_lr_scale = 1.0
   config.client.batch_size = 8
   config.client.local_steps = 10
   config.eval.every = 10
@@ -56,4 +77,11 @@ def get_config(arg: str = "1") -> ml_collections.ConfigDict:
     config.client.learning_rate = 2e-3  # at 1e-3 the myocardium (Dice 0.002) is not learned in this budget
     config.eval.every = 5
     config.checkpoint.every = 10
+  if "staged" in options:
+    # the encoder's weights (params/down*/..., params/bottleneck/...); its BatchNorm running statistics keep
+    # tracking the fine-tuning images (add batch_stats to the regex to fix them too)
+    config.algorithm.frozen = r"^params/(down\d+|bottleneck)/"
+    config.algorithm.frozen_rounds = config.num_rounds // 2  # GUESS: half of the budget for the decoder alone
+    config.client.after_unfreeze_lr_scale = 0.1  # GUESS: 2e-4 in the table protocol (PCL fine-tunes at 5e-5)
+    config.algorithm.persist_optimizer = True  # Adam's moments carry over between rounds and across the unfreezing
   return config

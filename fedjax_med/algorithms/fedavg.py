@@ -5,10 +5,15 @@ Decentralized Data", AISTATS 2017 (FedAvg); Reddi et al., "Adaptive Federated
 Optimization", ICLR 2021 (server optimizers on the pseudo-gradient); Li et al.,
 "Federated Optimization in Heterogeneous Networks", MLSys 2020 (FedProx term
 ``mu/2 ||w - w_global||^2``); Li et al., "FedBN", ICLR 2021 (normalisation kept local).
+
+A staged schedule (:class:`Schedule`) keeps chosen variables fixed for the first rounds (e.g. a pre-trained
+encoder while a fresh decoder learns), then trains everything at a scaled learning rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 
 import jax
@@ -44,8 +49,64 @@ def merge(tree: PyTree, personal: dict[str, jax.Array]) -> PyTree:
   return traverse_util.unflatten_dict({**flat, **personal}, sep="/")
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Staged local training: the variables matching ``frozen`` stay fixed in rounds ``< frozen_rounds``; from round
+  ``frozen_rounds`` on every parameter trains with its update (= the learning rate of sgd / adam / adamw) scaled
+  by ``after_unfreeze_lr_scale``. The defaults change nothing.
+
+  The client optimizer still sees the frozen leaves' gradients (with a persistent optimizer state its moments are
+  warm when they unfreeze); their new values are discarded after the optimizer step, so they do not move at all,
+  not even by weight decay, and their running statistics stay too when the regex matches ``batch_stats/...``.
+
+  Attributes:
+    frozen: regex over '/'-joined variable paths (``params/down0/Conv_0/kernel``, ``batch_stats/...``); "" = none.
+    frozen_rounds: rounds (from 0) with those variables fixed.
+    after_unfreeze_lr_scale: factor on every update from round ``frozen_rounds`` on.
+  """
+
+  frozen: str = ""
+  frozen_rounds: int = 0
+  after_unfreeze_lr_scale: float = 1.0
+
+  def __post_init__(self):
+    if self.frozen_rounds < 0:
+      raise ValueError(f"config.algorithm.frozen_rounds must be >= 0; got {self.frozen_rounds}")
+    if not self.after_unfreeze_lr_scale > 0:
+      raise ValueError(f"config.client.after_unfreeze_lr_scale must be > 0; got {self.after_unfreeze_lr_scale}")
+    try:
+      re.compile(self.frozen)
+    except re.error as e:
+      raise ValueError(f"config.algorithm.frozen={self.frozen!r} is not a regex: {e}") from e
+
+  @property
+  def active(self) -> bool:
+    return self.frozen_rounds > 0 or self.after_unfreeze_lr_scale != 1.0
+
+
+def frozen_mask(variables: PyTree, schedule: Schedule) -> PyTree:
+  """Bool pytree over the variables, True = fixed while frozen; ValueError if ``schedule.frozen`` matches none."""
+  mask = aggregation.path_mask(variables, schedule.frozen)
+  if schedule.frozen and not any(jax.tree.leaves(mask)):
+    paths = list(traverse_util.flatten_dict(variables, sep="/"))
+    raise ValueError(f"config.algorithm.frozen={schedule.frozen!r} matches no variable; paths look like "
+                     f"{paths[:4]}")
+  return mask
+
+
+def staged_update(schedule: Schedule, frozen: PyTree, unfrozen: jax.Array, variables: PyTree, updates: PyTree,
+                  model_state: PyTree) -> PyTree:
+  """The variables after one local step under ``schedule``: the optimizer's ``updates`` (of ``params``) scaled
+  for this stage, then, while frozen, the leaves marked in ``frozen`` reset to their values in ``variables``."""
+  scale = jnp.where(unfrozen, schedule.after_unfreeze_lr_scale, 1.0)
+  updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+  new = {"params": optax.apply_updates(variables["params"], updates), **model_state}
+  return jax.tree.map(lambda m, n, o: jnp.where(unfrozen, n, o) if m else n, frozen, new, variables)
+
+
 def supervised_cohort(loss_fn: Callable, client_tx: optax.GradientTransformation, mask: PyTree, *,
-                      prox_mu: float = 0.0, persist_optimizer: bool = False) -> CohortSpec:
+                      prox_mu: float = 0.0, persist_optimizer: bool = False,
+                      schedule: Schedule = Schedule(), frozen: PyTree | None = None) -> CohortSpec:
   """The FedAvg local update of one client: optax steps on ``loss_fn`` from the broadcast model.
 
   Args:
@@ -55,7 +116,11 @@ def supervised_cohort(loss_fn: Callable, client_tx: optax.GradientTransformation
     prox_mu: FedProx coefficient; 0 = FedAvg.
     persist_optimizer: keep the client optimizer state across rounds (else re-initialised
       every round, as FedAvg and the official codes do).
+    schedule: staged training (frozen variables, then a scaled learning rate); the default changes nothing.
+    frozen: static bool pytree over the variables, True = fixed while ``schedule`` freezes (``frozen_mask``).
   """
+  if schedule.active and frozen is None:
+    raise ValueError("supervised_cohort: a schedule needs its `frozen` mask (fedavg.frozen_mask)")
 
   def client_init(variables, rng):
     del rng
@@ -68,7 +133,10 @@ def supervised_cohort(loss_fn: Callable, client_tx: optax.GradientTransformation
     del rng
     variables = merge(server_state.params, client_state["personal"])
     opt_state = client_state["opt_state"] if persist_optimizer else client_tx.init(variables["params"])
-    return {"variables": variables, "opt_state": opt_state, "anchor": server_state.params["params"]}
+    local = {"variables": variables, "opt_state": opt_state, "anchor": server_state.params["params"]}
+    if schedule.active:  # the stage of this round (server_state.round = rounds completed before it)
+      local["unfrozen"] = server_state.round >= schedule.frozen_rounds
+    return local
 
   def objective(params, model_state, anchor, batch, rng):
     loss, (model_state, metrics) = loss_fn(params, model_state, batch, rng)
@@ -83,8 +151,11 @@ def supervised_cohort(loss_fn: Callable, client_tx: optax.GradientTransformation
     grads, (model_state, metrics) = jax.grad(objective, has_aux=True)(
         variables["params"], model_state, local["anchor"], batch, rng)
     updates, opt_state = client_tx.update(grads, local["opt_state"], variables["params"])
-    params = optax.apply_updates(variables["params"], updates)
-    return {**local, "variables": {"params": params, **model_state}, "opt_state": opt_state}, metrics
+    if schedule.active:
+      new = staged_update(schedule, frozen, local["unfrozen"], variables, updates, model_state)
+    else:
+      new = {"params": optax.apply_updates(variables["params"], updates), **model_state}
+    return {**local, "variables": new, "opt_state": opt_state}, metrics
 
   def finish(server_state: ServerState, client_state, local):
     variables = local["variables"]
@@ -119,7 +190,7 @@ def averaging_server_update(server_tx: optax.GradientTransformation) -> Callable
 def fedavg(loss_fn: Callable, client_tx: optax.GradientTransformation, server_tx: optax.GradientTransformation,
            variables: PyTree, *, cohorts: tuple[str, ...] = ("clients",), prox_mu: float = 0.0,
            batch_stats: str = "average", local_params: str = "",
-           persist_optimizer: bool = False) -> FederatedAlgorithm:
+           persist_optimizer: bool = False, schedule: Schedule = Schedule()) -> FederatedAlgorithm:
   """FedAvg / FedProx / FedOpt / FedBN / personalised layers, for any supervised ``loss_fn``.
 
   Example::
@@ -132,9 +203,12 @@ def fedavg(loss_fn: Callable, client_tx: optax.GradientTransformation, server_tx
     cohorts: names of the cohorts; all run the same supervised update.
     local_params: regex over '/'-joined variable paths kept local (e.g. ``"head"``).
     batch_stats: ``average`` or ``local`` (FedBN).
+    schedule: staged training, e.g. ``Schedule(frozen=r"^params/(down\\d+|bottleneck)/", frozen_rounds=10,
+      after_unfreeze_lr_scale=0.1)``: a fresh decoder first, then everything at a tenth of the learning rate.
   """
   mask = local_mask(variables, local_params, batch_stats)
-  spec = supervised_cohort(loss_fn, client_tx, mask, prox_mu=prox_mu, persist_optimizer=persist_optimizer)
+  spec = supervised_cohort(loss_fn, client_tx, mask, prox_mu=prox_mu, persist_optimizer=persist_optimizer,
+                           schedule=schedule, frozen=frozen_mask(variables, schedule))
 
   def init(variables, rng) -> ServerState:
     return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),

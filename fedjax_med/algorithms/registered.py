@@ -23,13 +23,20 @@ def server_optimizer(config: ml_collections.ConfigDict):
 
 @register("fedavg")
 def build_fedavg(config: ml_collections.ConfigDict, task, variables, model):
-  """FedAvg family: every client is in the one cohort ``clients``."""
+  """FedAvg family: every client is in the one cohort ``clients``.
+
+  The staged schedule's keys (``algorithm.frozen``, ``algorithm.frozen_rounds``, ``client.after_unfreeze_lr_scale``)
+  are optional: configs without them (and the workdirs they made, whose fingerprint they are part of) keep
+  training every variable at the client learning rate.
+  """
   del model
   algo = config.algorithm
+  schedule = fedavg_lib.Schedule(frozen=algo.get("frozen", ""), frozen_rounds=algo.get("frozen_rounds", 0),
+                                 after_unfreeze_lr_scale=config.client.get("after_unfreeze_lr_scale", 1.0))
   algorithm = fedavg_lib.fedavg(
       task.loss_fn, client_optimizer(config.client),
       server_optimizer(config), variables, prox_mu=algo.prox_mu, batch_stats=algo.batch_stats,
-      local_params=algo.local_params, persist_optimizer=algo.persist_optimizer)
+      local_params=algo.local_params, persist_optimizer=algo.persist_optimizer, schedule=schedule)
   return algorithm, lambda num_clients: ["clients"] * num_clients
 
 

@@ -1,4 +1,5 @@
-"""The FedAvg family: server optimizers, FedProx, FedBN / personal layers, cohorts with different updates."""
+"""The FedAvg family: server optimizers, FedProx, FedBN / personal layers, cohorts with different updates, the
+staged schedule (frozen variables, then a scaled learning rate)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,14 @@ import optax
 import pytest
 
 from fedjax_med import tasks
-from fedjax_med.algorithms.fedavg import averaging_server_update, fedavg, local_mask, supervised_cohort
+from fedjax_med.algorithms.fedavg import (
+    Schedule,
+    averaging_server_update,
+    fedavg,
+    frozen_mask,
+    local_mask,
+    supervised_cohort,
+)
 from fedjax_med.data.pipeline import cohort_data, image_batch_fn
 from fedjax_med.engine import execution
 from fedjax_med.engine.types import FederatedAlgorithm
@@ -109,3 +117,71 @@ def test_cohorts_with_different_updates_in_one_round_agree_across_strategies():
   expected = jax.tree.map(lambda s, a: s + (a - s) * 12 / 21, start, active_only)
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(results["sequential"]["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _flat(tree):
+  from flax import traverse_util
+
+  return traverse_util.flatten_dict(jax.tree.map(np.asarray, tree), sep="/")
+
+
+FROZEN = "Conv_0|BatchNorm_0"  # TinyConvNet's conv, norm weights and running statistics; Dense_0 trains
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "stepwise", "vmap"])
+@pytest.mark.parametrize("client_tx", [optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.3, momentum=0.9)),
+                                       optax.adamw(0.05, weight_decay=0.5)], ids=["sgd_l2", "adamw"])
+def test_frozen_variables_do_not_move_while_frozen_not_even_by_weight_decay(strategy, client_tx):
+  schedule = Schedule(frozen=FROZEN, frozen_rounds=2, after_unfreeze_lr_scale=0.5)
+  setup = _setup(lambda t, v: fedavg(t.loss_fn, client_tx, optax.sgd(1.0), v, persist_optimizer=True,
+                                     schedule=schedule))
+  start = _flat(setup[4].params)
+  server, states, _ = _round(strategy, setup, rounds=2)
+  after_two = _flat(server.params)
+  frozen = [k for k in start if "Conv_0" in k or "BatchNorm_0" in k]
+  assert len(frozen) == 6  # conv kernel and bias, norm scale and bias, running mean and var
+  for k in frozen:
+    np.testing.assert_array_equal(after_two[k], start[k], err_msg=k)
+  assert np.abs(after_two["params/Dense_0/kernel"] - start["params/Dense_0/kernel"]).max() > 1e-4
+  assert int(server.round) == 2
+  # round 3 (server.round = 2 = frozen_rounds): everything trains, from the persisted optimizer state
+  spec = setup[0].cohorts["clients"]
+  client = jax.tree.map(lambda x: x[0], states["clients"])
+  local = spec.start(server, client, None)
+  assert bool(local["unfrozen"])
+  third, _, _ = _round(strategy, (setup[0], setup[1], setup[2], setup[3], server, states, setup[6]))
+  moved = _flat(third.params)
+  assert all(np.abs(moved[k] - after_two[k]).max() > 0 for k in frozen if k.startswith("params/"))
+
+
+@pytest.mark.parametrize("tx", [optax.sgd, optax.adam])
+def test_after_unfreezing_the_client_learning_rate_is_scaled(tx):
+  schedule = Schedule(after_unfreeze_lr_scale=0.25)  # frozen_rounds = 0: scaled from round 0
+  staged = _round("sequential", _setup(lambda t, v: fedavg(t.loss_fn, tx(0.04), optax.sgd(1.0), v,
+                                                           schedule=schedule)))[0]
+  plain = _round("sequential", _setup(lambda t, v: fedavg(t.loss_fn, tx(0.01), optax.sgd(1.0), v)))[0]
+  for a, b in zip(jax.tree.leaves(staged.params), jax.tree.leaves(plain.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_persistent_client_optimizer_state_carries_over_rounds():
+  schedule = Schedule(frozen="Conv_0", frozen_rounds=1, after_unfreeze_lr_scale=0.5)
+  setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.adam(1e-2), optax.sgd(1.0), v, persist_optimizer=True,
+                                     schedule=schedule))
+  _, states, _ = _round("sequential", setup, rounds=2)
+  counts = states["clients"]["opt_state"][0].count
+  np.testing.assert_array_equal(counts, [6, 6, 6])  # 3 local steps x 2 rounds, never re-initialised
+  mu = _flat(states["clients"]["opt_state"][0].mu)
+  assert np.abs(mu["Conv_0/kernel"]).max() > 0  # the frozen conv's gradients reached Adam's moments
+
+
+def test_schedule_errors_name_the_key():
+  with pytest.raises(ValueError, match="frozen_rounds must be >= 0"):
+    Schedule(frozen_rounds=-1)
+  with pytest.raises(ValueError, match="after_unfreeze_lr_scale must be > 0"):
+    Schedule(after_unfreeze_lr_scale=0.0)
+  with pytest.raises(ValueError, match="is not a regex"):
+    Schedule(frozen="down(")
+  variables = TinyConvNet().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  with pytest.raises(ValueError, match="frozen='encoder' matches no variable; paths look like"):
+    frozen_mask(variables, Schedule(frozen="encoder", frozen_rounds=1))
