@@ -4,7 +4,9 @@ Every client holds unlabeled volumes; a batch takes one slice from each of the `
 ``B`` volumes (``data.batch_mode='volume_partitions'``, two augmented views). Per client:
 
 * main encoder + projection head ``f_q`` (trained, FedAvg'd) and a momentum encoder ``f_k``
-  (``theta_k <- m theta_k + (1 - m) theta_q`` after every step; it stays on the client);
+  (``theta_k <- m theta_k + (1 - m) theta_q`` after every step; it stays on the client and, by default,
+  is never re-synced, as in MoCo; ``momentum_resync=True`` restarts it from the received global model at the
+  start of every round);
 * a local FIFO bank of momentum features with their partition ids (``bank_size``);
 * a remote bank: the features the other clients sent in the previous round (``exchange_size`` most recent
   entries of each client's bank), handed out by the server. Only these low-dimensional features and the
@@ -48,6 +50,7 @@ class Hyper:
   loss: str = "fcl"
   temperature: float = 0.1
   momentum: float = 0.99
+  momentum_resync: bool = False
   bank_size: int = 256
   exchange_size: int = 128
   remote_weight: float = 1.0
@@ -122,8 +125,12 @@ def client_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper)
     keep = pool["valid"] * (~mine)[:, None] * float(hp.exchange)
     remote = {"features": pool["features"].reshape(-1, hp.projection_dim),
               "partition": pool["partition"].reshape(-1), "valid": keep.reshape(-1)}
+    if hp.momentum_resync:  # the momentum encoder restarts from the global model just received
+      momentum_params, momentum_state = params, state
+    else:
+      momentum_params, momentum_state = client_state["momentum_params"], client_state["momentum_state"]
     return {"params": params, "state": state, "opt_state": client_state["opt_state"],
-            "momentum_params": client_state["momentum_params"], "momentum_state": client_state["momentum_state"],
+            "momentum_params": momentum_params, "momentum_state": momentum_state,
             "bank": client_state["bank"], "remote": remote}
 
   def loss_fn(params, state, batch, rng, local):

@@ -154,3 +154,47 @@ def test_momentum_encoder_follows_the_main_encoder_by_ema_after_every_step():
     np.testing.assert_allclose(new_k, m * old_k + (1 - m) * new_q, rtol=1e-5, atol=1e-7)
   assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(local["momentum_params"]),
                                                    jax.tree.leaves(new["momentum_params"])))
+
+
+@pytest.mark.parametrize("resync", [True, False])
+def test_momentum_resync_restarts_the_momentum_encoder_from_the_broadcast_model(resync):
+  config = tiny_fcl_config()
+  config.algorithm.momentum_resync = resync
+  exp = experiment.build(config)
+  server, states = experiment.initial_state(exp)
+  spec = exp.algorithm.cohorts["clients"]
+  state = jax.tree.map(lambda x: x[0], states["clients"])
+  state = {**state, "momentum_params": jax.tree.map(lambda x: x - 1.0, state["momentum_params"]),
+           "momentum_state": jax.tree.map(lambda x: x + 2.0, state["momentum_state"])}  # lags the global model
+  server = server.replace(params=jax.tree.map(lambda x: x + 0.5, server.params))  # a new global model arrives
+  local = spec.start(server, state, jax.random.PRNGKey(0))
+  expected = (server.params["params"], {k: v for k, v in server.params.items() if k != "params"}) if resync else (
+      state["momentum_params"], state["momentum_state"])
+  for got, want in zip(jax.tree.leaves((local["momentum_params"], local["momentum_state"])),
+                       jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(got, want)
+  assert jax.tree.leaves(local["momentum_state"])  # batch statistics are re-synced too
+
+
+def test_staged_finetuning_keeps_the_encoder_fixed_for_its_frozen_rounds(tmp_path):
+  import flax.serialization
+
+  from configs import fcl_finetune_acdc
+
+  config = fcl_finetune_acdc.get_config("2,staged")
+  assert config.algorithm.persist_optimizer and config.client.after_unfreeze_lr_scale < 1
+  config.data = tiny_fcl_config().data
+  config.data.batch_mode, config.data.views, config.data.flips = "images", (), True
+  config.model.kwargs.widths = (4, 8)
+  config.partition.num_clients = 3
+  config.client.local_steps = 2
+  short_run(config, rounds=1)  # frozen_rounds >= 1: the only round trains the decoder alone
+  assert config.algorithm.frozen_rounds >= 1
+  exp = experiment.build(config)
+  train.run(config, str(tmp_path / "ft"))
+  with open(tmp_path / "ft" / "global_variables.msgpack", "rb") as f:
+    final = flax.serialization.msgpack_restore(f.read())
+  for module in ("down0", "bottleneck", "dec0", "out"):
+    moved = any(bool(np.any(a != b)) for a, b in zip(jax.tree.leaves(final["params"][module]),
+                                                      jax.tree.leaves(exp.variables["params"][module])))
+    assert moved == module.startswith(("dec", "out")), module
