@@ -140,11 +140,11 @@ def get_config(arg: str = "fedicra") -> ml_collections.ConfigDict:
     config.checkpoint.every = 12
     # 0.01, not the official 0.1: in 240 local steps the official weight (CRF ~36 x 0.1 at initialisation, 3x the
     # pCE) drives every CRF mode to one-class predictions: FedAvg + pCE + CRF 3-D Dice 0.094 vs FedAvg + pCE
-    # 0.566, FedICRA 0.257 (seed 0, docs/results/fedicra_acdc.md); the official runs take 30000 steps
+    # 0.566, FedICRA 0.257 (seed 0, docs/results/history/fedicra_acdc_51bec0a.md); the official runs take 30000 steps
     config.algorithm.crf_weight = 0.01
     # every training step trains every parameter, 10 per round as the baselines: the official 7 head-only / 3 body
     # split was tuned for 30000 iterations and leaves the body 72 steps here against the baselines' 240 (seed 0:
-    # 0.279 -> 0.331 from reversing it, docs/results/fedicra_acdc.md); `--config.algorithm.joint=False
+    # 0.279 -> 0.331 from reversing it, docs/results/history/fedicra_acdc_51bec0a.md); `--config.algorithm.joint=False
     # --config.algorithm.head_steps=7 --config.algorithm.body_steps=3` is the official split
     config.algorithm.joint = True
     config.algorithm.head_steps = 0
