@@ -375,10 +375,16 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+COMPILATION_CACHE_ENV = "FEDJAX_MED_COMPILATION_CACHE"  # overrides config.execution.compilation_cache (a path)
+
+
 def use_compilation_cache(path: str, min_compile_seconds: float = 0.5) -> None:
   """Points XLA's persistent compilation cache at ``path`` ("" = leave JAX's setting alone): a later run of the
   same programs (another seed, a resumed run, a rerun) loads them instead of compiling them again. Programs that
-  compiled in less than ``min_compile_seconds`` are not stored."""
+  compiled in less than ``min_compile_seconds`` are not stored. The environment variable
+  ``FEDJAX_MED_COMPILATION_CACHE`` replaces ``path`` when set (where the cache lives is the machine's business,
+  not the run's: the test suite points it at an empty folder of its own)."""
+  path = os.environ.get(COMPILATION_CACHE_ENV, path)
   if not path:
     return
   from jax.experimental.compilation_cache import compilation_cache

@@ -13,6 +13,17 @@ from fedjax_med import xla_flags  # noqa: E402
 
 xla_flags.apply_cpu_defaults()  # the kernels of main.py (importing fedjax_med does not set them); before jax starts
 
+# XLA's persistent compilation cache: an empty folder per test run (shared by the xdist workers, which inherit the
+# environment, and by the subprocesses the tests start), so that the suite's time never depends on earlier runs
+if "FEDJAX_MED_COMPILATION_CACHE" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  _cache = tempfile.mkdtemp(prefix="fedjax_med_test_xla_cache_")
+  os.environ["FEDJAX_MED_COMPILATION_CACHE"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
 
 def tiny_overrides() -> list[str]:
   """Command-line overrides that shrink configs/fedavg.py to a seconds-long run."""

@@ -180,3 +180,18 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
     assert sorted(glob.glob(str(tmp_path / "cache" / "*"))) == written  # nothing new stored
   finally:
     train.use_compilation_cache(previous or "", 0.5)
+
+
+def test_the_compilation_cache_folder_comes_from_the_environment_when_set(tmp_path, monkeypatch):
+  import jax
+
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setenv("FEDJAX_MED_COMPILATION_CACHE", str(tmp_path / "cache"))
+  try:
+    train.use_compilation_cache("~/.cache/fedjax_med/xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+  finally:  # the rest of this worker's tests keep the suite's folder
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", before)
