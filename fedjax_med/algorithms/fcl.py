@@ -21,6 +21,8 @@ Loss of a query ``q = f_q(view 1)`` of partition ``s`` (``losses.contrastive.pos
 ``loss = local + remote_weight * remote``. ``exchange=False`` drops the remote bank (the "local contrastive
 learning without exchange" baseline); ``loss='simclr'`` is FedSimCLR (instance InfoNCE between the two views,
 no bank). A client recognises its own features in the remote pool by a random tag drawn at ``client_init``.
+The client optimizer's state stays on the client across rounds (``persist_optimizer=True``, the default) or
+starts afresh every round (``False``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Hyper:
   exchange_size: int = 128
   remote_weight: float = 1.0
   exchange: bool = True
+  persist_optimizer: bool = True  # the client optimizer state is kept across rounds (False: re-initialised)
 
   def __post_init__(self):
     if self.loss not in LOSSES:
@@ -113,9 +116,11 @@ def fcl_losses(queries, partition, keys, local_bank, remote, hp: Hyper) -> tuple
 def client_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper) -> CohortSpec:
   def client_init(variables, rng):
     params, state = split_state(variables)
-    return {"opt_state": tx.init(params), "momentum_params": params, "momentum_state": state,
-            "bank": empty_bank(hp.bank_size, hp.projection_dim),
-            "tag": jax.random.bits(rng, (2,), jnp.uint32)}
+    client_state = {"momentum_params": params, "momentum_state": state,
+                    "bank": empty_bank(hp.bank_size, hp.projection_dim), "tag": jax.random.bits(rng, (2,), jnp.uint32)}
+    if hp.persist_optimizer:
+      client_state["opt_state"] = tx.init(params)
+    return client_state
 
   def start(server_state: ServerState, client_state, rng):
     del rng
@@ -129,7 +134,8 @@ def client_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper)
       momentum_params, momentum_state = params, state
     else:
       momentum_params, momentum_state = client_state["momentum_params"], client_state["momentum_state"]
-    return {"params": params, "state": state, "opt_state": client_state["opt_state"],
+    opt_state = client_state["opt_state"] if hp.persist_optimizer else tx.init(params)
+    return {"params": params, "state": state, "opt_state": opt_state,
             "momentum_params": momentum_params, "momentum_state": momentum_state,
             "bank": client_state["bank"], "remote": remote}
 
@@ -161,8 +167,10 @@ def client_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper)
 
   def finish(server_state: ServerState, client_state, local):
     sent = most_recent(local["bank"], hp.exchange_size)
-    new_state = {**client_state, "opt_state": local["opt_state"], "momentum_params": local["momentum_params"],
+    new_state = {**client_state, "momentum_params": local["momentum_params"],
                  "momentum_state": local["momentum_state"], "bank": local["bank"]}
+    if hp.persist_optimizer:
+      new_state["opt_state"] = local["opt_state"]
     message = {"delta": model_delta(server_state, local)}
     if hp.exchange and hp.loss == "fcl":
       message["features"] = {**sent, "tag": client_state["tag"]}

@@ -198,3 +198,22 @@ def test_staged_finetuning_keeps_the_encoder_fixed_for_its_frozen_rounds(tmp_pat
     moved = any(bool(np.any(a != b)) for a, b in zip(jax.tree.leaves(final["params"][module]),
                                                       jax.tree.leaves(exp.variables["params"][module])))
     assert moved == module.startswith(("dec", "out")), module
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_persist_optimizer_keeps_or_restarts_the_client_optimizer_state(persist):
+  config = tiny_fcl_config()
+  assert config.algorithm.persist_optimizer  # configs/fcl_acdc.py: what FCL always did before the key existed
+  config.algorithm.persist_optimizer = persist
+  exp = experiment.build(config)
+  server, states = experiment.initial_state(exp)
+  spec = exp.algorithm.cohorts["clients"]
+  state = jax.tree.map(lambda x: x[0], states["clients"])
+  assert ("opt_state" in state) == persist
+  if persist:  # the Adam state a client left after an earlier round (count and moments non-zero)
+    state = {**state, "opt_state": jax.tree.map(lambda x: x + 1, state["opt_state"])}
+  local = spec.start(server, state, jax.random.PRNGKey(0))
+  leaves = jax.tree.leaves(local["opt_state"])
+  assert leaves and all(bool(jnp.all(x == (1 if persist else 0))) for x in leaves)  # kept, or Adam's fresh zeros
+  new_state, _, _ = spec.finish(server, state, local)
+  assert ("opt_state" in new_state) == persist
