@@ -29,11 +29,8 @@ MODES = ("fcl", "local", "simclr")
 
 def fcl_algorithm() -> ml_collections.ConfigDict:
   algo = ml_collections.ConfigDict()
-  algo.name = "fcl"
-  algo.batch_stats = "average"  # FedAvg of BN statistics with the weights
-  algo.prox_mu = 0.0
-  algo.local_params = ""
-  algo.persist_optimizer = True
+  algo.name = "fcl"  # the server averages every variable, BN statistics with the weights
+  algo.persist_optimizer = True  # each client keeps its Adam state across rounds (False: re-initialised each round)
   algo.loss = "fcl"  # fcl | simclr
   algo.temperature = 0.1  # PCL's --temp 0.1 (the FCL paper's value is not known)
   # Momentum-encoder EMA theta_k <- m theta_k + (1 - m) theta_q after every local step (GUESS: MoCo-typical; the

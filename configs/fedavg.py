@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   # multitask (MultiMix): cls_weight CE + dice_weight Dice + ssl_weight FixMatch + consistency_weight seg KL
   config.task.cls_weight = 1.0
   config.task.ssl_weight = 0.25
-  config.task.consistency_weight = 0.01
+  config.task.consistency_weight = 0.0  # (configs/multimix_ham10000.py: 0.01 in mode multimix)
   config.task.threshold = 0.7
   config.task.crf_weight = 0.0
   config.task.crf_radius = 5

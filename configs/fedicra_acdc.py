@@ -55,11 +55,8 @@ def fedicra_algorithm() -> ml_collections.ConfigDict:
   algo.joint = False  # official: head-only steps, then body-only steps; True: the body steps train every parameter
   algo.adaptive = r"^params/(up\d+|dec\d+|out)/"  # official: out_conv, up1..up4 (the decoder path)
   algo.head = r"^params/out/"  # official: decoder.out_conv
-  # FedAvg keys the shared builders read
-  algo.batch_stats = "average"
-  algo.prox_mu = 0.0
-  algo.local_params = ""
-  algo.persist_optimizer = False  # official: AdamW re-created every round
+  # not switchable: AdamW is re-created every round (official) and the server averages every variable but the site
+  # embedding, batch statistics included (the official strategy)
   return algo
 
 
@@ -102,7 +99,9 @@ def get_config(arg: str = "fedicra") -> ml_collections.ConfigDict:
   config.data.weak_forms = FORMS
 
   config.task.name = "weak_segmentation"
-  config.task.crf_weight = 0.0  # set by apply_mode: the baselines with a CRF take config.algorithm.crf_weight
+  # FedICRA trains on its own loss (config.algorithm.crf_weight) and refuses a non-zero task.crf_weight; apply_mode
+  # sets it for the FedAvg baselines with a CRF, from config.algorithm.crf_weight
+  config.task.crf_weight = 0.0
 
   config.partition.method = "column"
   config.partition.column = "site"

@@ -42,10 +42,7 @@ MODES = ("fedirm", "lower", "upper", "meanteacher", "zero_update", "fixmatch", "
 def fedirm_algorithm(warmup_rounds: int, rampup_rounds: float) -> ml_collections.ConfigDict:
   """The FedIRM keys with the paper's defaults (see the module docstring for the official values)."""
   algo = ml_collections.ConfigDict()
-  algo.name = "fedirm"
-  algo.batch_stats = "average"  # FedAvg of batch-norm statistics too, as the official code
-  algo.prox_mu = 0.0
-  algo.local_params = ""
+  algo.name = "fedirm"  # the server averages batch-norm statistics too, as the official code
   algo.persist_optimizer = True  # clients keep their Adam state across rounds (official code)
   algo.unlabeled_loss = "relation"  # relation | consistency | fixmatch | none
   algo.temperature = 2.0  # DRM softening temperature T

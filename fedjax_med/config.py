@@ -8,6 +8,7 @@ from typing import Any
 
 import ml_collections
 
+from fedjax_med import algorithms
 from fedjax_med.data.format import SPLITS
 from fedjax_med.data.partition import PARTITIONERS
 from fedjax_med.data.pipeline import BATCH_MODES
@@ -28,7 +29,7 @@ CHOICES: dict[str, tuple] = {
     "aggregation.weighting": WEIGHTINGS,
     "aggregation.nonfinite": NONFINITE_POLICIES,
     "execution.strategy": (*STRATEGIES, "auto"),
-    "algorithm.batch_stats": ("average", "local"),
+    "algorithm.batch_stats": ("average", "local"),  # FedAvg's (an algorithm's keys are checked when it has them)
     "eval.select_mode": ("max", "min"),
 }
 POSITIVE = ("num_rounds", "client.batch_size", "client.learning_rate", "partition.num_clients", "eval.every",
@@ -52,9 +53,19 @@ def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return node
 
 
+def applies(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  """False for an ``algorithm.*`` key the config's algorithm does not have (each algorithm has its own keys)."""
+  section, _, key = dotted.partition(".")
+  return section != "algorithm" or key in config.algorithm
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first key whose value is not allowed."""
+  """Raises ConfigError naming the first key whose value is not allowed; ValueError (``algorithms.check_config``)
+  for a ``config.algorithm`` key the chosen algorithm does not read, or a task loss weight set where it is unread."""
+  algorithms.check_config(config)
   for key, allowed in CHOICES.items():
+    if not applies(config, key):
+      continue
     value = get(config, key)
     if value not in allowed:
       close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
@@ -64,7 +75,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not get(config, key) > 0:
       raise ConfigError(f"config.{key} must be > 0; got {get(config, key)!r}")
   for key in NON_NEGATIVE:
-    if not get(config, key) >= 0:
+    if applies(config, key) and not get(config, key) >= 0:
       raise ConfigError(f"config.{key} must be >= 0; got {get(config, key)!r}")
   if (config.client.local_steps > 0) == (config.client.local_epochs > 0):
     raise ConfigError("exactly one of config.client.local_steps and config.client.local_epochs must be > 0; got "

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from fedjax_med import models, tasks
+from fedjax_med.algorithms import check_config as check_algorithm_config
 from fedjax_med.algorithms import get_algorithm
 from fedjax_med.data import budgets, partition, resize, tfds_source, volumes, weak_labels
 from fedjax_med.data.format import PreparedDataset
@@ -296,6 +297,7 @@ def with_cls_source(config: ml_collections.ConfigDict,
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Builds the experiment (loads data, partitions, initialises the model, puts client data on device)."""
+  check_algorithm_config(config)  # before any data is loaded: keys the algorithm would ignore
   cls_eval_dataset = select_dataset = None
   if config.data.name == "tfds":
     clients, eval_dataset, meta, image_shape = tfds_clients(config)
