@@ -103,7 +103,7 @@ def markdown_paired(rows: list[dict], metric_names: list[str], baseline: str) ->
   if baseline not in groups:
     raise ValueError(f"--paired-baseline {baseline!r} is not among the runs {sorted(groups)}")
   by_seed = lambda group, m: {SEED_SUFFIX.match(r["run"])["seed"]: r[m] for r in group if r[m] is not None}
-  header = ["run", *[f"{m}: {baseline} + (95 % CI)" for m in metric_names], "paired seeds"]
+  header = ["run", *[f"{m} - {baseline} [95 % CI]" for m in metric_names], "paired seeds"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for run, group in groups.items():
     if run == baseline:
