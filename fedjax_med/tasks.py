@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_med import losses
+from fedjax_med.algorithms.common import apply_train
 from fedjax_med.engine.types import Batch, PyTree
 
 TASKS = ("classification", "segmentation", "weak_segmentation", "representation", "multitask")
@@ -35,11 +36,9 @@ class Task(NamedTuple):
 def apply_model(model: nn.Module, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array,
                 train: bool) -> tuple[dict, PyTree]:
   """Runs the model; returns (outputs dict, updated non-param collections such as batch_stats)."""
-  variables = {"params": params, **model_state}
-  if train and model_state:
-    outputs, new_state = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=list(model_state))
-    return outputs, dict(new_state)
-  return model.apply(variables, images, train=train, rngs={"dropout": rng}), model_state
+  if train:
+    return apply_train(model, params, model_state, images, rng)
+  return model.apply({"params": params, **model_state}, images, train=False, rngs={"dropout": rng}), model_state
 
 
 def classification(model: nn.Module) -> Task:
@@ -85,15 +84,9 @@ def weak_segmentation(model: nn.Module, ignore_index: int, crf_weight: float, cr
 
   def loss_fn(params, model_state, batch: Batch, rng, train=True):
     outputs, model_state = apply_model(model, params, model_state, batch["images"], rng, train)
-    logits = outputs["logits"]
-    pce = losses.partial_cross_entropy(logits, batch["scribbles"], ignore_index)
-    metrics = {"pce": pce}
-    loss = pce
-    if crf_weight:
-      image = batch["images"] * jnp.asarray(std) + jnp.asarray(mean)  # back to [0, 1] intensities
-      metrics["crf"] = losses.gated_crf_loss(jax.nn.softmax(logits, axis=-1), image, crf_radius, crf_sigma_xy,
-                                             crf_sigma_rgb)
-      loss = loss + crf_weight * metrics["crf"]
+    image = batch["images"] * jnp.asarray(std) + jnp.asarray(mean)  # back to [0, 1] intensities
+    loss, metrics = losses.partial_ce_crf(outputs["logits"], batch["scribbles"], image, ignore_index, crf_weight,
+                                          crf_radius, crf_sigma_xy, crf_sigma_rgb)
     return loss, (model_state, {"loss": loss, **metrics})
 
   def predict_fn(variables, images):
@@ -162,11 +155,10 @@ def multitask(model: nn.Module, *, cls_weight: float, dice_weight: float, ssl_we
     net_state = {k: v for k, v in model_state.items() if k != mt.ALIGNMENT_COLLECTION}
     variables = {"params": params, **net_state}
     sal = bridge(variables, images)
-    if train and net_state:
-      outputs, net_state = model.apply(variables, x, train=True, saliency=sal, rngs={"dropout": rng},
-                                       mutable=list(net_state))
+    if train:
+      outputs, net_state = apply_train(model, params, net_state, x, rng, saliency=sal)
     else:
-      outputs = model.apply(variables, x, train=train, saliency=sal, rngs={"dropout": rng})
+      outputs = model.apply(variables, x, train=False, saliency=sal, rngs={"dropout": rng})
     model_state = {**model_state, **net_state}
     sizes = [images[name].shape[0] for name in streams]
     offsets = dict(zip(streams, [sum(sizes[:i]) for i in range(len(sizes))]))

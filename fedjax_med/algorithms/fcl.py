@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_med.algorithms.common import apply_train, ema, model_delta, split_state
 from fedjax_med.algorithms.fedavg import averaging_server_update
-from fedjax_med.algorithms.fedirm import ema, model_delta, split_state
 from fedjax_med.engine.types import ClientResults, CohortSpec, FederatedAlgorithm, ServerState
 from fedjax_med.losses import contrastive
 
@@ -71,11 +71,8 @@ class Hyper:
 
 def _project(model: nn.Module, params, state, images, rng):
   """Train-mode projection ``[N, D]`` and the new batch statistics."""
-  variables = {"params": params, **state}
-  if state:
-    out, new_state = model.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=list(state))
-    return out["projection"], dict(new_state)
-  return model.apply(variables, images, train=True, rngs={"dropout": rng})["projection"], state
+  out, state = apply_train(model, params, state, images, rng)
+  return out["projection"], state
 
 
 def empty_bank(size: int, dim: int) -> dict:

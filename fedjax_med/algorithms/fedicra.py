@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_med.algorithms.common import apply_train
 from fedjax_med.algorithms.fedavg import averaging_server_update, flat_select, merge
 from fedjax_med.engine import aggregation
 from fedjax_med.engine.types import CohortSpec, FederatedAlgorithm, ServerState
@@ -109,15 +110,11 @@ def site_contrast(gate: jax.Array, gates_all: jax.Array, onehot: jax.Array, grad
 def weak_losses(outputs: dict, batch: dict, onehot: jax.Array, hp: Hyper) -> tuple[jax.Array, dict]:
   """The total local loss and its parts for one batch (model outputs of :class:`UNetPCS`)."""
   logits, labels = outputs["logits"], batch["scribbles"]
-  probs = jax.nn.softmax(logits, axis=-1)
-  pce = weak.partial_cross_entropy(logits, labels, hp.ignore_index)
   image = unit_images(batch["images"], hp)
-  parts = {"pce": pce}
-  total = pce
-  if hp.crf_weight:
-    parts["crf"] = weak.gated_crf_loss(probs, image, hp.crf_radius, hp.crf_sigma_xy, hp.crf_sigma_rgb)
-    total = total + hp.crf_weight * parts["crf"]
+  total, parts = weak.partial_ce_crf(logits, labels, image, hp.ignore_index, hp.crf_weight, hp.crf_radius,
+                                     hp.crf_sigma_xy, hp.crf_sigma_rgb)
   if hp.tree_weight:
+    probs = jax.nn.softmax(logits, axis=-1)
     filtered = tree_filter.multiscale_tree_filter(probs, image, outputs["aux"], hp.tree_low_sigma, hp.tree_high_sigma)
     unannotated = (labels == hp.ignore_index).astype(probs.dtype)
     parts["tree"] = tree_filter.tree_energy_loss(probs, filtered, unannotated)
@@ -179,10 +176,10 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
     params, state = variables["params"], {k: v for k, v in variables.items() if k not in ("params", "site")}
 
     def objective(params):
-      outputs, new_state = model.apply(with_site({"params": params, **state}, onehot), batch["images"], train=True,
-                                       rngs={"dropout": rng}, mutable=list(state))
+      outputs, new_state = apply_train(model, params, state, batch["images"], rng,
+                                       constants={"site": {"onehot": onehot}})
       loss, metrics = weak_losses(outputs, batch, onehot, hp)
-      return loss, (dict(new_state), metrics)
+      return loss, (new_state, metrics)
 
     grads, (new_state, metrics) = jax.grad(objective, has_aux=True)(params)
     if head_phase or not hp.joint:  # head phase: the head only; body phase: the rest

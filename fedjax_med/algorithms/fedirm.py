@@ -39,9 +39,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_med.algorithms.common import apply_train, ema, model_delta, split_state
 from fedjax_med.algorithms.fedavg import averaging_server_update
-from fedjax_med.engine.types import ClientResults, CohortSpec, FederatedAlgorithm, PyTree, ServerState
+from fedjax_med.engine.types import ClientResults, CohortSpec, FederatedAlgorithm, ServerState
 from fedjax_med.losses import relation
+from fedjax_med.losses.multitask import fixmatch_loss
 
 UNLABELED_LOSSES = ("relation", "consistency", "fixmatch", "none")
 TEACHER_SYNCS = ("round", "never")
@@ -104,39 +106,27 @@ class Hyper:
 
 
 # -- model helpers ------------------------------------------------------------------------------------------------
-def _forward(model: nn.Module, params, state, images, rng, *, method=None):
-  """Train-mode forward; returns (output, new non-param state). ``state`` may be empty (no batch norm)."""
-  variables = {"params": params, **state}
-  kwargs = {"rngs": {"dropout": rng}, "train": True}
-  if method is not None:
-    kwargs["method"] = method
-  if state:
-    out, new_state = model.apply(variables, images, mutable=list(state), **kwargs)
-    return out, dict(new_state)
-  return model.apply(variables, images, **kwargs), state
-
-
 def _forward_views(model: nn.Module, params, state, views: jax.Array, keys: jax.Array):
   """Train-mode forward of ``V`` augmented views ``[V, B, ...]``; returns (outputs stacked ``[V, ...]``, state).
 
-  Equals ``V`` calls of :func:`_forward` one after another (each view with its own batch statistics, the running
-  statistics updated view by view) up to the dropout draws, which come from ``keys[0]`` for all rows instead of
-  one key per view (the same distribution). When the model can (a model without non-parameter state, or one with
-  a ``bn_groups`` field: batch-norm statistics per consecutive slice of the batch, ``layers.BatchNorm.groups``),
-  the views run as ONE call on the ``V * B`` concatenated images: one network copy in the compiled program, and
-  on XLA:CPU faster than ``V`` calls or a ``vmap`` over the views (DenseNet-121 at 2 x 16 images, forward +
-  backward: 0.74 / 0.68 / 0.94 s, compile 26 / 52 / 37 s; ``docs/performance.md``). Other models run the views
-  one after another, with their own keys.
+  Equals ``V`` calls of :func:`~fedjax_med.algorithms.common.apply_train` one after another (each view with its own
+  batch statistics, the running statistics updated view by view) up to the dropout draws, which come from ``keys[0]``
+  for all rows instead of one key per view (the same distribution). When the model can (a model without non-parameter
+  state, or one with a ``bn_groups`` field: batch-norm statistics per consecutive slice of the batch,
+  ``layers.BatchNorm.groups``), the views run as ONE call on the ``V * B`` concatenated images: one network copy in
+  the compiled program, and on XLA:CPU faster than ``V`` calls or a ``vmap`` over the views (DenseNet-121 at 2 x 16
+  images, forward + backward: 0.74 / 0.68 / 0.94 s, compile 26 / 52 / 37 s; ``docs/performance.md``). Other models run
+  the views one after another, with their own keys.
   """
   num_views, batch = views.shape[:2]
   if state and not hasattr(model, "bn_groups"):
     outs = []
     for view, key in zip(views, keys):
-      out, state = _forward(model, params, state, view, key)
+      out, state = apply_train(model, params, state, view, key)
       outs.append(out)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs), state
   grouped = model.clone(bn_groups=num_views) if state else model
-  out, state = _forward(grouped, params, state, views.reshape(num_views * batch, *views.shape[2:]), keys[0])
+  out, state = apply_train(grouped, params, state, views.reshape(num_views * batch, *views.shape[2:]), keys[0])
   return jax.tree.map(lambda x: x.reshape(num_views, batch, *x.shape[1:]), out), state
 
 
@@ -152,15 +142,6 @@ def _head(model: nn.Module, params, features, rng):
   return model.apply({"params": params}, features, train=True, rngs={"dropout": rng}, method="classify")
 
 
-def split_state(variables: PyTree) -> tuple[PyTree, dict]:
-  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
-
-
-def model_delta(server_state: ServerState, local) -> PyTree:
-  """The client's variables (``local['params']`` + ``local['state']``) minus the broadcast global ones."""
-  return jax.tree.map(jnp.subtract, {"params": local["params"], **local["state"]}, server_state.params)
-
-
 def mc_dropout_entropy(model: nn.Module, params, features: jax.Array, rng: jax.Array, passes: int) -> jax.Array:
   """Predictive entropy ``[B]`` of the mean softmax over ``passes`` dropout draws of the head (Gal & Ghahramani 2016).
 
@@ -172,11 +153,6 @@ def mc_dropout_entropy(model: nn.Module, params, features: jax.Array, rng: jax.A
   logits = _head(model, params, tiled, rng).reshape(passes, batch, -1)
   mean_prob = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
   return -jnp.sum(mean_prob * jnp.log(mean_prob + 1e-6), axis=-1)
-
-
-def ema(teacher: PyTree, student: PyTree, decay: jax.Array) -> PyTree:
-  """``decay * teacher + (1 - decay) * student`` leaf by leaf (Tarvainen & Valpola, NeurIPS 2017)."""
-  return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s, teacher, student)
 
 
 def ema_decay_at(step: jax.Array, max_decay: float) -> jax.Array:
@@ -281,10 +257,10 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
 
   def relation_terms(params, state, batch, rng, local):
     k_student, k_teacher, k_mc = jax.random.split(rng, 3)
-    features, state = _forward(model, params, state, batch["images"], k_student, method="backbone")
+    features, state = apply_train(model, params, state, batch["images"], k_student, method="backbone")
     k_head, _ = jax.random.split(k_student)
     logits = _head(model, params, features, k_head)
-    teacher_out, _ = _forward(model, local["teacher"], local["state"], batch["images_2"], k_teacher)
+    teacher_out, _ = apply_train(model, local["teacher"], local["state"], batch["images_2"], k_teacher)
     probs, teacher_probs = jax.nn.softmax(logits), jax.lax.stop_gradient(jax.nn.softmax(teacher_out["logits"]))
     consistency = jnp.mean(jnp.sum((probs - teacher_probs) ** 2, axis=-1))
     metrics = {"consistency": consistency}
@@ -304,11 +280,8 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
 
   def fixmatch_terms(params, state, batch, rng):
     weak, strong, state = _forward_pair(model, params, state, batch, rng)
-    probs = jax.lax.stop_gradient(jax.nn.softmax(weak["logits"]))
-    keep = (jnp.max(probs, -1) >= hp.fixmatch_threshold).astype(jnp.float32)
-    ce = -jnp.sum(jax.nn.one_hot(jnp.argmax(probs, -1), num_classes) * jax.nn.log_softmax(strong["logits"]), -1)
-    loss = jnp.mean(ce * keep)  # FixMatch divides by the batch size, not by the kept count
-    return hp.fixmatch_weight * loss, state, {"fixmatch": loss, "kept_fraction": jnp.mean(keep)}
+    loss, kept = fixmatch_loss(weak["logits"], strong["logits"], hp.fixmatch_threshold)
+    return hp.fixmatch_weight * loss, state, {"fixmatch": loss, "kept_fraction": kept}
 
   def loss_fn(params, state, batch, rng, local):
     if hp.unlabeled_loss == "fixmatch":

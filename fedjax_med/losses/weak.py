@@ -1,4 +1,4 @@
-"""Losses for weak (sparse) segmentation labels: partial cross-entropy and the gated CRF loss."""
+"""Losses for weak (sparse) segmentation labels: partial cross-entropy, the gated CRF loss, and their sum."""
 
 from __future__ import annotations
 
@@ -48,3 +48,22 @@ def gated_crf_loss(probs: jax.Array, images: jax.Array, radius: int = 5, sigma_x
       disagreement = 1.0 - jnp.sum(probs * probs_p[:, rows, cols], axis=-1)
       total = total + jnp.sum(kernel * disagreement)
   return total / (batch * height * width)
+
+
+def partial_ce_crf(logits: jax.Array, labels: jax.Array, images: jax.Array, ignore_index: int, crf_weight: float,
+                   crf_radius: int, crf_sigma_xy: float, crf_sigma_rgb: float) -> tuple[jax.Array, dict]:
+  """``partial_cross_entropy + crf_weight * gated_crf_loss(softmax(logits))`` and its parts (``pce``, and ``crf``
+  when ``crf_weight`` is non-zero): the weakly-supervised objective of FedICRA's baselines and its first terms.
+
+  Args:
+    logits: ``[B, H, W, C]``; labels: int ``[B, H, W]`` (``ignore_index`` = unannotated);
+    images: ``[B, H, W, K]`` intensities in [0, 1] (the CRF kernel's colour features).
+  Returns:
+    (scalar loss, ``{"pce": ..., "crf": ...}``).
+  """
+  parts = {"pce": partial_cross_entropy(logits, labels, ignore_index)}
+  total = parts["pce"]
+  if crf_weight:
+    parts["crf"] = gated_crf_loss(jax.nn.softmax(logits, axis=-1), images, crf_radius, crf_sigma_xy, crf_sigma_rgb)
+    total = total + crf_weight * parts["crf"]
+  return total, parts

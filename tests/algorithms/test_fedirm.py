@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from fedjax_med import experiment, train
-from fedjax_med.algorithms import fedirm
+from fedjax_med.algorithms import common, fedirm
 from fedjax_med.engine import execution
 from fedjax_med.engine.types import ClientResults
 from fedjax_med.models.cnn import SmallCNN
@@ -59,7 +59,7 @@ def test_unlabeled_weights_by_mode():
 
 def test_ema_update_and_decay_schedule_by_hand():
   teacher, student = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 0.0])}
-  np.testing.assert_allclose(fedirm.ema(teacher, student, 0.75)["w"], [1.5, 1.5])
+  np.testing.assert_allclose(common.ema(teacher, student, 0.75)["w"], [1.5, 1.5])
   assert float(fedirm.ema_decay_at(jnp.array(0), 0.99)) == 0.0  # first step: the teacher copies the student
   assert float(fedirm.ema_decay_at(jnp.array(3), 0.99)) == pytest.approx(0.75)
   assert float(fedirm.ema_decay_at(jnp.array(1000), 0.99)) == pytest.approx(0.99)
@@ -116,7 +116,7 @@ def test_views_in_one_pass_equal_sequential_passes(views):
 
   model = DenseNet(num_classes=3, growth_rate=4, block_config=(1, 1), num_init_features=8, stem="small",
                    dropout=0.0, bn_momentum=0.7)
-  params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
+  params, state = common.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
   state = jax.tree.map(lambda x: x + 0.3, state)  # running statistics away from their initial values
   images = jax.random.normal(jax.random.PRNGKey(1), (views, 5, 8, 8, 3)) * jnp.arange(1, views + 1)[:, None, None,
                                                                                                    None, None]
@@ -125,7 +125,7 @@ def test_views_in_one_pass_equal_sequential_passes(views):
   def sequential(params):
     outs, new = [], state
     for view, key in zip(images, keys):
-      out, new = fedirm._forward(model, params, new, view, key)
+      out, new = common.apply_train(model, params, new, view, key)
       outs.append(out["logits"])
     return jnp.stack(outs), new
 
@@ -158,10 +158,10 @@ def test_views_in_one_pass_draw_their_own_dropout_masks():
   for rate in (0.0, 0.5):
     model = DenseNet(num_classes=3, growth_rate=4, block_config=(1,), num_init_features=8, stem="small",
                      dropout=rate)
-    params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
+    params, state = common.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))
     params = jax.tree.map(lambda p: p + 0.5, params)  # features and head weights away from zero
     outs, _ = fedirm._forward_views(model, params, state, views, keys)
-    own, _ = fedirm._forward(model, params, state, views[1], keys[1])
+    own, _ = common.apply_train(model, params, state, views[1], keys[1])
     logits[rate] = outs["logits"], own["logits"]
   np.testing.assert_allclose(logits[0.0][0][0], logits[0.0][0][1], rtol=1e-6)
   both, own = logits[0.5]
@@ -181,13 +181,13 @@ def test_views_of_a_model_without_bn_groups_run_one_after_another():
       return {"logits": nn.Dense(2)(layers.BatchNorm(use_running_average=not train, momentum=0.8)(x))}
 
   model = Tiny()
-  params, state = fedirm.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), train=False))
+  params, state = common.split_state(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), train=False))
   views = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 3))
   keys = jax.random.split(jax.random.PRNGKey(2))
   outs, new = fedirm._forward_views(model, params, state, views, keys)
   ref = state
   for view, key in zip(views, keys):
-    out, ref = fedirm._forward(model, params, ref, view, key)
+    out, ref = common.apply_train(model, params, ref, view, key)
   np.testing.assert_allclose(outs["logits"][1], out["logits"], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
