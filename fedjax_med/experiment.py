@@ -21,6 +21,7 @@ from fedjax_med.data.streaming import RowSource, StreamedCohort
 from fedjax_med.engine import privacy
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.types import FederatedAlgorithm, PyTree, ServerState
+from fedjax_med.evaluation import make_predict
 from fedjax_med.models.multimix import MultiMixNet
 
 
@@ -44,6 +45,10 @@ class Experiment:
   dp: privacy.DPConfig | None = None
   cls_eval_dataset: PreparedDataset | None = None  # multitask with data.cls_source: where classification is scored
   select_dataset: PreparedDataset | None = None  # eval.select_on: the split the best global model is chosen on
+  # jitted (variables, uint8 images) -> the task's prediction (evaluation.make_predict), one program per run;
+  # predict_seg: multitask's segmentation output (None for the other tasks)
+  predict: Callable | None = None
+  predict_seg: Callable | None = None
 
   def data_for_round(self, round_num: int) -> dict[str, CohortData]:
     """The cohorts' data: device-resident, or this round's batches read through grain."""
@@ -366,8 +371,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     else:
       data[name], plans[name] = cohort_data([clients[i] for i in ids], ids, config.client.batch_size,
                                             config.client.local_steps, config.client.local_epochs)
+  predict, predict_seg = (None if fn is None else make_predict(fn, tuple(config.data.mean), tuple(config.data.std),
+                                                                config.eval.pad_multiple)
+                          for fn in (task.predict_fn, task.predict_seg_fn))
   return Experiment(config, meta, clients, eval_dataset, cohorts, model, task, variables, algorithm, data,
-                    plans, batch_fns, streamed, dp, cls_eval_dataset, select_dataset)
+                    plans, batch_fns, streamed, dp, cls_eval_dataset, select_dataset, predict, predict_seg)
 
 
 def initial_state(exp: Experiment) -> tuple[ServerState, dict[str, PyTree]]:

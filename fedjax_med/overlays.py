@@ -55,9 +55,7 @@ def plot_overlays(workdir: str, path: str, count: int = 6) -> str:
   data = exp.eval_dataset
   masks = data.arrays["masks"]
   chosen = np.argsort(-(masks > 0).reshape(len(masks), -1).sum(1), kind="stable")[:count]
-  predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
-                                    config.eval.pad_multiple)
-  probs = evaluation.predict_all(predict, final_variables(workdir), data.arrays["images"][chosen], len(chosen))
+  probs = evaluation.predict_all(exp.predict, final_variables(workdir), data.arrays["images"][chosen], len(chosen))
   num_classes = probs.shape[-1]
   fig, axes = plt.subplots(len(chosen), 3, figsize=(7.5, 2.5 * len(chosen)), squeeze=False)
   for row, (index, prob) in enumerate(zip(chosen, probs)):
@@ -116,8 +114,6 @@ def plot_site_predictions(workdir: str, path: str, count: int = 2) -> str:
     raise ValueError(f"--site-overlays needs a run with config.eval.per_client=True; {workdir} has False")
   exp = experiment.build(config)
   server, clients = final_states(exp, workdir)
-  predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
-                                    config.eval.pad_multiple)
   data = exp.eval_dataset
   images, masks = data.arrays["images"], data.arrays["masks"]
   num_classes = exp.meta["num_mask_classes"]
@@ -127,7 +123,7 @@ def plot_site_predictions(workdir: str, path: str, count: int = 2) -> str:
       site, rows = experiment.site_rows(exp, client)
       chosen = _most_foreground(masks, rows, count)
       variables = exp.algorithm.eval_variables(server, jax.tree.map(lambda x, p=position: x[p], clients[cohort]))
-      probs = evaluation.predict_all(predict, variables, images[chosen], len(chosen))
+      probs = evaluation.predict_all(exp.predict, variables, images[chosen], len(chosen))
       rows_out += [(site, i, p.argmax(-1)) for i, p in zip(chosen, probs)]
   fig, axes = plt.subplots(len(rows_out), 2, figsize=(4.4, 2.2 * len(rows_out)), squeeze=False)
   for (site, index, pred), (ax_gt, ax_pred) in zip(rows_out, axes):

@@ -156,38 +156,31 @@ def _value(x) -> float | list:
   return float(x) if x.ndim == 0 else x.tolist()
 
 
-_SEG_PREDICT: dict[int, Any] = {}
-
-
-def report_of(exp: experiment.Experiment, predict, variables, dataset) -> dict[str, Any]:
-  """The task's evaluation metrics of ``variables`` on ``dataset``."""
+def report_of(exp: experiment.Experiment, variables, dataset) -> dict[str, Any]:
+  """The task's evaluation metrics of ``variables`` on ``dataset`` (with the experiment's jitted predictions)."""
+  cfg = exp.config
   if exp.task.name == "multitask":  # class metrics, and the segmentation metrics prefixed seg_
-    cfg = exp.config
-    if id(exp) not in _SEG_PREDICT:  # one jitted program per run, not one per evaluation
-      _SEG_PREDICT[id(exp)] = evaluation.make_predict(exp.task.predict_seg_fn, tuple(cfg.data.mean),
-                                                      tuple(cfg.data.std), cfg.eval.pad_multiple)
-    seg_predict = _SEG_PREDICT[id(exp)]
-    seg_probs = evaluation.predict_all(seg_predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
+    seg_probs = evaluation.predict_all(exp.predict_seg, variables, dataset.arrays["images"], cfg.eval.batch_size)
     seg = evaluation.segmentation_report(seg_probs, dataset, hd95=cfg.eval.hd95)
     if exp.cls_eval_dataset is not None:  # the classification task has its own dataset (data.cls_source)
       dataset = exp.cls_eval_dataset
-    probs = evaluation.predict_all(predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
+    probs = evaluation.predict_all(exp.predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
     return {**evaluation.classification_report(probs, dataset, exp.meta["num_classes"]),
             **{f"seg_{k}": v for k, v in seg.items()}}
-  probs = evaluation.predict_all(predict, variables, dataset.arrays["images"], exp.config.eval.batch_size)
+  probs = evaluation.predict_all(exp.predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
   if exp.task.name == "classification":
     return evaluation.classification_report(probs, dataset, exp.meta["num_classes"])
   if exp.task.name == "representation":
-    return evaluation.partition_retrieval_report(probs, dataset, exp.config.data.num_partitions)
-  return evaluation.segmentation_report(probs, dataset, hd95=exp.config.eval.hd95)
+    return evaluation.partition_retrieval_report(probs, dataset, cfg.data.num_partitions)
+  return evaluation.segmentation_report(probs, dataset, hd95=cfg.eval.hd95)
 
 
-def evaluate(exp: experiment.Experiment, predict, server_state, client_states=None) -> dict[str, Any]:
+def evaluate(exp: experiment.Experiment, server_state, client_states=None) -> dict[str, Any]:
   """The global model on the evaluation split; with ``eval.per_client``, each client's personalised model on its
   own site's evaluation rows (``<site>/<metric>``) and the mean over sites (``<metric>``), and the same for each of
   the algorithm's ``eval_variants`` (``<variant>/<site>/<metric>``, ``<variant>/<metric>``)."""
   if not exp.config.eval.per_client:
-    return report_of(exp, predict, exp.algorithm.eval_variables(server_state, None), exp.eval_dataset)
+    return report_of(exp, exp.algorithm.eval_variables(server_state, None), exp.eval_dataset)
   models = {"": exp.algorithm.eval_variables, **{f"{name}/": fn for name, fn in
                                                   (exp.algorithm.eval_variants or {}).items()}}
   report = {}
@@ -197,20 +190,20 @@ def evaluate(exp: experiment.Experiment, predict, server_state, client_states=No
       for position, client in enumerate(ids):
         state = jax.tree.map(lambda x, p=position: x[p], client_states[cohort])
         site, rows = experiment.site_rows(exp, client)
-        per_site[site] = report_of(exp, predict, variables_of(server_state, state), exp.eval_dataset.select(rows))
+        per_site[site] = report_of(exp, variables_of(server_state, state), exp.eval_dataset.select(rows))
     keys = sorted(set.intersection(*(set(r) for r in per_site.values())))
     report.update({prefix + k: float(np.nanmean([r[k] for r in per_site.values()])) for k in keys})
     report.update({f"{prefix}{site}/{k}": v for site, r in per_site.items() for k, v in r.items()})
   return report
 
 
-def evaluate_local(exp: experiment.Experiment, predict, server_state, client_states) -> dict[str, Any]:
+def evaluate_local(exp: experiment.Experiment, server_state, client_states) -> dict[str, Any]:
   """:func:`evaluate`; in a multi-process run on this process's copy of the (replicated) states, so that no other
   process takes part (one process: the states stay on the device)."""
   if jax.process_count() > 1:  # replicated -> one local device, once (not per evaluation batch)
     server_state, client_states = jax.device_put(jax.device_get((server_state, client_states)),
                                                  jax.local_devices()[0])
-  return evaluate(exp, predict, server_state, client_states)
+  return evaluate(exp, server_state, client_states)
 
 
 def choose_strategy(exp, server_state, client_states) -> tuple[str, dict]:
@@ -338,12 +331,12 @@ def load_best(workdir: str, selection: dict[str, str], like) -> dict | None:
   return {**record, "variables": flax.serialization.from_bytes(like, data)}
 
 
-def update_best(exp: experiment.Experiment, predict, variables, round_num: int, best: dict | None, workdir: str
+def update_best(exp: experiment.Experiment, variables, round_num: int, best: dict | None, workdir: str
                 ) -> tuple[dict | None, float]:
   """Scores the global ``variables`` after ``round_num`` rounds on ``eval.select_on`` and keeps (in memory and in
   the workdir) the better of them and ``best``; a tie keeps the earlier. Returns (best, this score)."""
   selection = selection_of(exp.config)
-  report = report_of(exp, predict, variables, exp.select_dataset)
+  report = report_of(exp, variables, exp.select_dataset)
   if selection["metric"] not in report:
     raise config_lib.ConfigError(f"config.eval.select_metric={selection['metric']!r} is not among this task's "
                                  f"metrics {sorted(report)}")
@@ -431,8 +424,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     strategy, timings = choose_strategy(exp, server_state, client_states)
   runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy,
                                  unroll=scan_unroll(config), weighting=config.aggregation.weighting)
-  predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
-                                    config.eval.pad_multiple)
   writer = MetricsWriter(workdir, start_round, tensorboard=config.log.tensorboard) if lead else _NoWriter()
   selection, best = selection_of(config) if lead else None, None
   if selection and start_round:
@@ -467,9 +458,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if exp.dp is not None:
         row["privacy"] = privacy_record(exp, done)
       if (done % config.eval.every == 0 or done == config.num_rounds) and lead:
-        last_eval = row["eval"] = evaluate_local(exp, predict, server_state, client_states)
+        last_eval = row["eval"] = evaluate_local(exp, server_state, client_states)
         if selection:
-          best, score = update_best(exp, predict, global_variables_local(exp, server_state), done, best, workdir)
+          best, score = update_best(exp, global_variables_local(exp, server_state), done, best, workdir)
           row["select"] = {"split": selection["split"], selection["metric"]: score,
                            "best_round": best["round"] if best else None}
       writer.write(row)
@@ -487,9 +478,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # Summary.
   stopped_unsaved = privacy_stop and rounds_done % config.eval.every != 0
   if lead and (not last_eval or stopped_unsaved):  # resumed a finished run, or the budget stopped it in between
-    last_eval = evaluate_local(exp, predict, server_state, client_states)
+    last_eval = evaluate_local(exp, server_state, client_states)
     if selection and (stopped_unsaved or best is None):
-      best, _ = update_best(exp, predict, global_variables_local(exp, server_state), rounds_done, best, workdir)
+      best, _ = update_best(exp, global_variables_local(exp, server_state), rounds_done, best, workdir)
   if privacy_stop and rounds_done % config.checkpoint.every:
     final = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.keep)
     final.save(rounds_done, experiment.state_tree(server_state, client_states), record)
@@ -514,7 +505,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log.warning("eval.select_on=%r: no finite %s score, so no best model is reported", selection["split"],
                 selection["metric"])
   elif selection:  # the best model on the evaluation split, beside the last round's
-    best_eval = report_of(exp, predict, best["variables"], exp.eval_dataset)
+    best_eval = report_of(exp, best["variables"], exp.eval_dataset)
     summary["eval"] = {**last_eval, **{f"best/{k}": v for k, v in best_eval.items()}, "best_round": best["round"]}
     summary["selection"] = {**selection, "round": best["round"], "score": best["score"]}
   with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from fedjax_med import config as config_lib
-from fedjax_med import evaluation, experiment, train
+from fedjax_med import experiment, train
 
 
 def selecting_config(**changes):
@@ -21,16 +21,14 @@ def _load_variables(config, path):
   exp = experiment.build(config)
   with open(path, "rb") as f:
     variables = flax.serialization.from_bytes(exp.variables, f.read())
-  predict = evaluation.make_predict(exp.task.predict_fn, tuple(config.data.mean), tuple(config.data.std),
-                                    config.eval.pad_multiple)
-  return exp, predict, variables
+  return exp, variables
 
 
 def test_the_best_model_on_val_is_kept_saved_and_evaluated_on_test(tmp_path, monkeypatch):
   seen = []  # the splits every evaluation read
   report_of = train.report_of
-  monkeypatch.setattr(train, "report_of", lambda exp, predict, variables, dataset: (
-      seen.append(set(dataset.arrays["split"].tolist())), report_of(exp, predict, variables, dataset))[1])
+  monkeypatch.setattr(train, "report_of", lambda exp, variables, dataset: (
+      seen.append(set(dataset.arrays["split"].tolist())), report_of(exp, variables, dataset))[1])
   config = selecting_config()
   summary = train.run(config, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -45,9 +43,9 @@ def test_the_best_model_on_val_is_kept_saved_and_evaluated_on_test(tmp_path, mon
   assert results["eval"]["best/macro_auroc"] == summary["eval"]["best/macro_auroc"]
   assert results["eval"]["macro_auroc"] == rows[-1]["eval"]["macro_auroc"]  # the last round's, beside it
   # The saved best variables give the reported numbers: their val score and their test metrics.
-  exp, predict, best = _load_variables(config, tmp_path / train.BEST_VARIABLES_FILE)
-  assert report_of(exp, predict, best, exp.select_dataset)["macro_auroc"] == pytest.approx(max(scores), abs=1e-6)
-  on_test = report_of(exp, predict, best, exp.eval_dataset)
+  exp, best = _load_variables(config, tmp_path / train.BEST_VARIABLES_FILE)
+  assert report_of(exp, best, exp.select_dataset)["macro_auroc"] == pytest.approx(max(scores), abs=1e-6)
+  on_test = report_of(exp, best, exp.eval_dataset)
   for key in ("macro_auroc", "accuracy", "balanced_accuracy"):
     assert summary["eval"][f"best/{key}"] == pytest.approx(on_test[key], abs=1e-6)
   # Four evaluations: test (the round's metrics) then val (the selection); then the best model on test.
