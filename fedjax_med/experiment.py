@@ -76,14 +76,8 @@ def check_data_fits(config: ml_collections.ConfigDict, dataset: PreparedDataset)
   masks = dataset.has("masks") and meta.get("num_mask_classes", 0) > 0
   weak = (dataset.has("scribbles") or dataset.has("masks")) and meta.get("num_mask_classes", 0) > 0
   task = config.task.name
-  needs = {"classification": ("class labels", labels),
-           "segmentation": ("segmentation masks", masks),
-           "weak_segmentation": ("scribbles or segmentation masks", weak),
-           "multitask": ("segmentation masks", masks)}
-  if task == "multitask" and not config.data.cls_source.name and masks and not labels:
-    needs["multitask"] = ("class labels (or a config.data.cls_source)", False)
-  what, present = needs.get(task, ("", True))
-  if not present:
+  what = tasks.get_task(task).needs(config, tasks.LabelsPresent(labels, masks, weak))
+  if what:
     raise ValueError(_missing_labels_message(task, what, where, dataset, labels, masks))
   num_channels = dataset.arrays["images"].shape[-1]
   channels = tuple(config.data.channels)
@@ -210,28 +204,9 @@ def site_rows(exp: Experiment, client: int) -> tuple[str, np.ndarray]:
   return site, rows
 
 
-def build_task(config: ml_collections.ConfigDict, model, ignore_index: int = 255,
-               class_prior: np.ndarray | None = None) -> tasks.Task:
-  """The config's task; ``class_prior`` (the labeled class distribution) is needed by multitask's
-  ``task.distribution_alignment``."""
-  if config.task.name == "classification":
-    return tasks.classification(model)
-  if config.task.name == "representation":
-    return tasks.representation(model)
-  if config.task.name == "multitask":
-    t = config.task
-    aligned = t.get("distribution_alignment", False)
-    if aligned and class_prior is None:
-      raise ValueError("config.task.distribution_alignment needs the labeled class prior of the training data")
-    return tasks.multitask(model, cls_weight=t.cls_weight, dice_weight=t.dice_weight, ssl_weight=t.ssl_weight,
-                           consistency_weight=t.consistency_weight, threshold=t.threshold,
-                           class_prior=tuple(class_prior) if aligned else None,
-                           alignment_momentum=t.get("alignment_momentum") if aligned else None)
-  if config.task.name == "weak_segmentation":
-    t = config.task
-    return tasks.weak_segmentation(model, ignore_index, t.crf_weight, t.crf_radius, t.crf_sigma_xy, t.crf_sigma_rgb,
-                                   tuple(config.data.mean), tuple(config.data.std))
-  return tasks.segmentation(model, dice_weight=config.task.dice_weight, ce_weight=config.task.ce_weight)
+def build_task(config: ml_collections.ConfigDict, model, data: tasks.TaskData) -> tasks.Task:
+  """The config's task, by its registered builder (``tasks.TASKS``)."""
+  return tasks.get_task(config.task.name).build(config, model, data)
 
 
 def tfds_clients(config: ml_collections.ConfigDict):
@@ -303,7 +278,8 @@ def with_cls_source(config: ml_collections.ConfigDict,
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Builds the experiment (loads data, partitions, initialises the model, puts client data on device)."""
   check_algorithm_config(config)  # before any data is loaded: keys the algorithm would ignore
-  cls_eval_dataset = select_dataset = None
+  kind = tasks.get_task(config.task.name)
+  cls_eval_dataset = select_dataset = train = None
   if config.data.name == "tfds":
     clients, eval_dataset, meta, image_shape = tfds_clients(config)
   else:
@@ -328,11 +304,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                               ignore_index_of(meta))
   if len(eval_dataset) == 0:
     raise ValueError(f"config.data.eval_split={config.data.eval_split!r} has no rows in {config.data.name}")
-  num_classes = meta["num_classes"] if config.task.name in ("classification", "multitask") \
-      else meta["num_mask_classes"]
+  num_classes = meta[kind.num_classes_key]
   model_kwargs = dict(config.model.kwargs)
-  if config.task.name == "multitask":
-    model_kwargs.setdefault("num_mask_classes", meta["num_mask_classes"])
+  for key in kind.model_meta:  # e.g. multitask's num_mask_classes
+    model_kwargs.setdefault(key, meta[key])
   check_model_depth(config, image_shape)
   model = models.get_model(config.model.name, num_classes, **model_kwargs)
   if config.data.batch_mode == "patches":
@@ -343,10 +318,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   variables = models.init_variables(model, key_model, input_shape)
   if config.model.init_encoder:
     variables = models.load_pretrained_encoder(variables, config.model.init_encoder)
-  class_prior = None
-  if config.task.name == "multitask" and config.task.get("distribution_alignment", False):
-    class_prior = budgets.labeled_class_prior(train, num_classes)  # pooled over the clients (a C-vector)
-  task = build_task(config, model, ignore_index_of(meta), class_prior)
+  task = build_task(config, model, tasks.TaskData(meta, train, num_classes, ignore_index_of(meta)))
   if task.extra_variables:  # state the loss carries between steps (e.g. distribution alignment's running mean)
     variables = {**variables, **task.extra_variables}
   algorithm, roles = get_algorithm(config.algorithm.name)(config, task, variables, model)

@@ -1,25 +1,32 @@
-"""Supervised objectives that bind a model to a loss: classification and segmentation.
+"""The tasks: objectives that bind a model to a loss, and how a model is scored on them.
 
 A task turns a flax model into ``loss_fn(params, model_state, batch, rng, train) ->
 (loss, (model_state, metrics))`` used by the algorithms' local steps, and
 ``predict_fn(variables, images) -> probabilities`` used by evaluation.
+
+Every task registers, under its ``config.task.name`` in :data:`TASKS`, a :class:`TaskKind`: its config-facing
+builder (the only place that reads ``config.task``) and its evaluation report. A new task is one builder here
+with ``@register(name, report=...)``; ``experiment.build`` and ``train.report_of`` look it up by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from fedjax_med import losses
+from fedjax_med import evaluation, losses
 from fedjax_med.algorithms.common import apply_train
+from fedjax_med.data import budgets
+from fedjax_med.data.format import PreparedDataset
 from fedjax_med.engine.types import Batch, PyTree
-
-TASKS = ("classification", "segmentation", "weak_segmentation", "representation", "multitask")
+from fedjax_med.registry import Registry
 
 
 class Task(NamedTuple):
@@ -223,3 +230,149 @@ def representation(model: nn.Module) -> Task:
     return projection / jnp.maximum(jnp.linalg.norm(projection, axis=-1, keepdims=True), 1e-8)
 
   return Task("representation", loss_fn, predict_fn)
+
+
+# -- the registry: config-facing builders and evaluation reports ------------------------------------------------------
+class TaskData(NamedTuple):
+  """What a task's builder may read of the run besides the config and the model."""
+
+  meta: dict  # the dataset's meta
+  train: PreparedDataset | None  # the training rows before the partition (None: read lazily, e.g. TFDS)
+  num_classes: int  # the model's number of outputs (meta[TaskKind.num_classes_key])
+  ignore_index: int  # the label of unannotated pixels in the weak labels
+
+
+class LabelsPresent(NamedTuple):
+  """Which labels a dataset has (``experiment.check_data_fits``)."""
+
+  labels: bool  # class labels
+  masks: bool  # segmentation masks
+  weak: bool  # scribbles or segmentation masks
+
+
+def needs_nothing(config: ml_collections.ConfigDict, present: LabelsPresent) -> str:
+  del config, present
+  return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+  """What a task registers under its name.
+
+  Attributes:
+    build: ``(config, model, data: TaskData) -> Task``.
+    report: ``(exp, variables, dataset) -> {metric: value}``: ``variables`` scored on ``dataset`` with the
+      experiment's jitted predictions (``exp.predict``, and ``exp.predict_seg`` for a task with ``predict_seg_fn``).
+    num_classes_key: the dataset meta entry that gives the model's number of outputs.
+    model_meta: dataset meta entries passed to the model as keyword arguments unless the config sets them.
+    needs: ``(config, LabelsPresent) -> ""``, or what the task needs of the data that it lacks (e.g.
+      ``"class labels"``), for the error.
+  """
+
+  build: Callable[[ml_collections.ConfigDict, nn.Module, TaskData], Task]
+  report: Callable[[Any, PyTree, PreparedDataset], dict]
+  num_classes_key: str = "num_classes"
+  model_meta: tuple[str, ...] = ()
+  needs: Callable[[ml_collections.ConfigDict, LabelsPresent], str] = needs_nothing
+
+
+TASKS = Registry("task")
+
+
+def register(name: str, *, report: Callable, num_classes_key: str = "num_classes", model_meta: tuple[str, ...] = (),
+             needs: Callable[[ml_collections.ConfigDict, LabelsPresent], str] = needs_nothing) -> Callable:
+  """Registers a config-facing task builder under ``name`` with its evaluation ``report`` (see :class:`TaskKind`)."""
+
+  def decorator(build):
+    TASKS.add(name, TaskKind(build, report, num_classes_key, model_meta, needs))
+    return build
+
+  return decorator
+
+
+def get_task(name: str) -> TaskKind:
+  return TASKS.get(name, what="config.task.name")
+
+
+def predict_rows(exp, predict: Callable, variables: PyTree, dataset: PreparedDataset) -> np.ndarray:
+  """``predict`` on every image of ``dataset``, in batches of ``config.eval.batch_size``."""
+  return evaluation.predict_all(predict, variables, dataset.arrays["images"], exp.config.eval.batch_size)
+
+
+def classification_report(exp, variables: PyTree, dataset: PreparedDataset) -> dict:
+  probs = predict_rows(exp, exp.predict, variables, dataset)
+  return evaluation.classification_report(probs, dataset, exp.meta["num_classes"])
+
+
+def segmentation_report(exp, variables: PyTree, dataset: PreparedDataset) -> dict:
+  probs = predict_rows(exp, exp.predict, variables, dataset)
+  return evaluation.segmentation_report(probs, dataset, hd95=exp.config.eval.hd95)
+
+
+def representation_report(exp, variables: PyTree, dataset: PreparedDataset) -> dict:
+  features = predict_rows(exp, exp.predict, variables, dataset)
+  return evaluation.partition_retrieval_report(features, dataset, exp.config.data.num_partitions)
+
+
+def multitask_report(exp, variables: PyTree, dataset: PreparedDataset) -> dict:
+  """The class metrics, and the segmentation metrics prefixed ``seg_``; the classes are scored on the
+  experiment's ``cls_eval_dataset`` when it has one (``data.cls_source``)."""
+  seg_probs = predict_rows(exp, exp.predict_seg, variables, dataset)
+  seg = evaluation.segmentation_report(seg_probs, dataset, hd95=exp.config.eval.hd95)
+  if exp.cls_eval_dataset is not None:
+    dataset = exp.cls_eval_dataset
+  probs = predict_rows(exp, exp.predict, variables, dataset)
+  return {**evaluation.classification_report(probs, dataset, exp.meta["num_classes"]),
+          **{f"seg_{k}": v for k, v in seg.items()}}
+
+
+@register("classification", report=classification_report,
+          needs=lambda config, present: "" if present.labels else "class labels")
+def build_classification(config: ml_collections.ConfigDict, model: nn.Module, data: TaskData) -> Task:
+  del config, data
+  return classification(model)
+
+
+@register("segmentation", report=segmentation_report, num_classes_key="num_mask_classes",
+          needs=lambda config, present: "" if present.masks else "segmentation masks")
+def build_segmentation(config: ml_collections.ConfigDict, model: nn.Module, data: TaskData) -> Task:
+  del data
+  return segmentation(model, dice_weight=config.task.dice_weight, ce_weight=config.task.ce_weight)
+
+
+@register("weak_segmentation", report=segmentation_report, num_classes_key="num_mask_classes",
+          needs=lambda config, present: "" if present.weak else "scribbles or segmentation masks")
+def build_weak_segmentation(config: ml_collections.ConfigDict, model: nn.Module, data: TaskData) -> Task:
+  t = config.task
+  return weak_segmentation(model, data.ignore_index, t.crf_weight, t.crf_radius, t.crf_sigma_xy, t.crf_sigma_rgb,
+                           tuple(config.data.mean), tuple(config.data.std))
+
+
+@register("representation", report=representation_report, num_classes_key="num_mask_classes")
+def build_representation(config: ml_collections.ConfigDict, model: nn.Module, data: TaskData) -> Task:
+  del config, data
+  return representation(model)
+
+
+def multitask_needs(config: ml_collections.ConfigDict, present: LabelsPresent) -> str:
+  """Masks; and class labels unless a second dataset gives them (``data.cls_source``)."""
+  if not present.masks:
+    return "segmentation masks"
+  if not present.labels and not config.data.cls_source.name:
+    return "class labels (or a config.data.cls_source)"
+  return ""
+
+
+@register("multitask", report=multitask_report, model_meta=("num_mask_classes",), needs=multitask_needs)
+def build_multitask(config: ml_collections.ConfigDict, model: nn.Module, data: TaskData) -> Task:
+  """MultiMix; ``task.distribution_alignment`` starts from the labeled class prior of ``data.train`` (pooled over
+  the clients)."""
+  t = config.task
+  class_prior = None
+  if t.get("distribution_alignment", False):
+    if data.train is None:
+      raise ValueError("config.task.distribution_alignment needs the labeled class prior of the training data")
+    class_prior = tuple(budgets.labeled_class_prior(data.train, data.num_classes))
+  return multitask(model, cls_weight=t.cls_weight, dice_weight=t.dice_weight, ssl_weight=t.ssl_weight,
+                   consistency_weight=t.consistency_weight, threshold=t.threshold, class_prior=class_prior,
+                   alignment_momentum=t.get("alignment_momentum") if class_prior is not None else None)

@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 
 from fedjax_med import config as config_lib
-from fedjax_med import evaluation, experiment
+from fedjax_med import experiment, tasks
 from fedjax_med.checkpoint import Checkpointer
 from fedjax_med.engine import auto, execution, privacy
 from fedjax_med.engine.sampling import select_clients
@@ -157,22 +157,8 @@ def _value(x) -> float | list:
 
 
 def report_of(exp: experiment.Experiment, variables, dataset) -> dict[str, Any]:
-  """The task's evaluation metrics of ``variables`` on ``dataset`` (with the experiment's jitted predictions)."""
-  cfg = exp.config
-  if exp.task.name == "multitask":  # class metrics, and the segmentation metrics prefixed seg_
-    seg_probs = evaluation.predict_all(exp.predict_seg, variables, dataset.arrays["images"], cfg.eval.batch_size)
-    seg = evaluation.segmentation_report(seg_probs, dataset, hd95=cfg.eval.hd95)
-    if exp.cls_eval_dataset is not None:  # the classification task has its own dataset (data.cls_source)
-      dataset = exp.cls_eval_dataset
-    probs = evaluation.predict_all(exp.predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
-    return {**evaluation.classification_report(probs, dataset, exp.meta["num_classes"]),
-            **{f"seg_{k}": v for k, v in seg.items()}}
-  probs = evaluation.predict_all(exp.predict, variables, dataset.arrays["images"], cfg.eval.batch_size)
-  if exp.task.name == "classification":
-    return evaluation.classification_report(probs, dataset, exp.meta["num_classes"])
-  if exp.task.name == "representation":
-    return evaluation.partition_retrieval_report(probs, dataset, cfg.data.num_partitions)
-  return evaluation.segmentation_report(probs, dataset, hd95=cfg.eval.hd95)
+  """The task's evaluation metrics of ``variables`` on ``dataset`` (its registered report, ``tasks.TASKS``)."""
+  return tasks.get_task(exp.task.name).report(exp, variables, dataset)
 
 
 def evaluate(exp: experiment.Experiment, server_state, client_states=None) -> dict[str, Any]:

@@ -18,10 +18,12 @@ from fedjax_med.data import augment, volumes
 from fedjax_med.data.format import PreparedDataset
 from fedjax_med.engine.execution import CohortData, LocalPlan
 from fedjax_med.engine.sampling import num_epochs_needed
+from fedjax_med.registry import Registry
 
 TRAIN_KEYS = ("images", "labels", "masks", "fov", "scribbles", "partition_counts", "client_index", "cls_labeled",
               "seg_labeled", "seg_unlabeled", "cls_pool")
-BATCH_MODES = ("images", "patches", "volume_partitions", "multitask")
+# data.batch_mode -> (mean, std, flips, patch_size, views) -> batch_fn; filled below, at import
+BATCH_MODES = Registry("batch mode")
 
 
 def stack_clients(datasets: Sequence[PreparedDataset], keys: Sequence[str] = TRAIN_KEYS) -> dict[str, np.ndarray]:
@@ -235,18 +237,35 @@ def multitask_batch_fn(mean: Sequence[float], std: Sequence[float]) -> Callable:
   return batch_fn
 
 
+@BATCH_MODES.register("images")
+def _images(mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int, views: Sequence[str]):
+  del patch_size
+  return image_batch_fn(mean, std, flips, views)
+
+
+@BATCH_MODES.register("patches")
+def _patches(mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int, views: Sequence[str]):
+  if views:
+    raise ValueError(f"data.views={tuple(views)} needs data.batch_mode='images'; got 'patches'")
+  if patch_size <= 0:
+    raise ValueError(f"data.batch_mode='patches' needs data.patch_size > 0; got {patch_size=}")
+  return patch_batch_fn(patch_size, mean, std, flips)
+
+
+@BATCH_MODES.register("volume_partitions")
+def _volume_partitions(mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int,
+                       views: Sequence[str]):
+  del flips, patch_size
+  return volume_partition_batch_fn(mean, std, views)
+
+
+@BATCH_MODES.register("multitask")
+def _multitask(mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int, views: Sequence[str]):
+  del flips, patch_size, views
+  return multitask_batch_fn(mean, std)
+
+
 def make_batch_fn(mode: str, *, mean: Sequence[float], std: Sequence[float], flips: bool, patch_size: int = 0,
-                  views: Sequence[str] = ()):
-  if mode == "images":
-    return image_batch_fn(mean, std, flips, views)
-  if views and mode == "patches":
-    raise ValueError(f"data.views={tuple(views)} needs data.batch_mode='images'; got {mode!r}")
-  if mode == "patches":
-    if patch_size <= 0:
-      raise ValueError(f"data.batch_mode='patches' needs data.patch_size > 0; got {patch_size=}")
-    return patch_batch_fn(patch_size, mean, std, flips)
-  if mode == "volume_partitions":
-    return volume_partition_batch_fn(mean, std, views)
-  if mode == "multitask":
-    return multitask_batch_fn(mean, std)
-  raise ValueError(f"unknown data.batch_mode {mode!r}; allowed: {BATCH_MODES}")
+                  views: Sequence[str] = ()) -> Callable:
+  """The batch function of ``data.batch_mode`` ``mode`` (registered in :data:`BATCH_MODES`)."""
+  return BATCH_MODES.get(mode, what="data.batch_mode")(mean, std, flips, patch_size, views)
