@@ -35,7 +35,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med.algorithms.common import apply_train, ema, model_delta, split_state
+from fedjax_med.algorithms.common import (
+  apply_train,
+  ema,
+  global_variables,
+  initial_server_state,
+  model_delta,
+  split_state,
+)
 from fedjax_med.algorithms.fedavg import averaging_server_update
 from fedjax_med.engine.types import ClientResults, CohortSpec, FederatedAlgorithm, ServerState
 from fedjax_med.losses import contrastive
@@ -198,8 +205,7 @@ def fcl(model: nn.Module, client_tx: optax.GradientTransformation, server_tx: op
             "partition": jnp.full((hp.num_clients, hp.exchange_size), -1, jnp.int32),
             "valid": jnp.zeros((hp.num_clients, hp.exchange_size)),
             "tag": jnp.zeros((hp.num_clients, 2), jnp.uint32)}
-    return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),
-                       round=jnp.zeros((), jnp.int32), rng=rng, extra=pool)
+    return initial_server_state(variables, rng, server_tx, pool)
 
   def server_update(state: ServerState, results: Mapping[str, ClientResults]):
     new_state, metrics = average(state, results)
@@ -209,8 +215,4 @@ def fcl(model: nn.Module, client_tx: optax.GradientTransformation, server_tx: op
       metrics = {**metrics, "pool_features": jnp.sum(pool["valid"])}
     return new_state.replace(extra=pool), metrics
 
-  def eval_variables(server_state: ServerState, client_state):
-    del client_state
-    return server_state.params
-
-  return FederatedAlgorithm(init, {"clients": client_cohort(model, client_tx, hp)}, server_update, eval_variables)
+  return FederatedAlgorithm(init, {"clients": client_cohort(model, client_tx, hp)}, server_update, global_variables)

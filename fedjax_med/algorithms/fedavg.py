@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from fedjax_med.algorithms.common import initial_server_state
 from fedjax_med.engine import aggregation
 from fedjax_med.engine.types import CohortSpec, FederatedAlgorithm, PyTree, ServerState
 
@@ -211,8 +212,7 @@ def fedavg(loss_fn: Callable, client_tx: optax.GradientTransformation, server_tx
                            schedule=schedule, frozen=frozen_mask(variables, schedule))
 
   def init(variables, rng) -> ServerState:
-    return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),
-                       round=jnp.zeros((), jnp.int32), rng=rng, extra={})
+    return initial_server_state(variables, rng, server_tx)
 
   def eval_variables(server_state: ServerState, client_state):
     return server_state.params if client_state is None else merge(server_state.params, client_state["personal"])

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med.algorithms.common import apply_train
+from fedjax_med.algorithms.common import apply_train, initial_server_state
 from fedjax_med.algorithms.fedavg import averaging_server_update, flat_select, merge
 from fedjax_med.engine import aggregation
 from fedjax_med.engine.types import CohortSpec, FederatedAlgorithm, ServerState
@@ -219,8 +219,7 @@ def fedicra(model: nn.Module, client_tx: optax.GradientTransformation, server_tx
     return new_state, {"delta": delta}, metrics
 
   def init(variables, rng) -> ServerState:
-    return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),
-                       round=jnp.zeros((), jnp.int32), rng=rng, extra={})
+    return initial_server_state(variables, rng, server_tx)
 
   def eval_variables(server_state: ServerState, client_state):
     if client_state is None:

@@ -39,7 +39,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med.algorithms.common import apply_train, ema, model_delta, split_state
+from fedjax_med.algorithms.common import (
+  apply_train,
+  ema,
+  global_variables,
+  initial_server_state,
+  model_delta,
+  split_state,
+)
 from fedjax_med.algorithms.fedavg import averaging_server_update
 from fedjax_med.engine.types import ClientResults, CohortSpec, FederatedAlgorithm, ServerState
 from fedjax_med.losses import relation
@@ -387,9 +394,7 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
 
   def init(variables, rng) -> ServerState:
     uniform = jnp.full((hp.num_classes, hp.num_classes), 1.0 / hp.num_classes)
-    return ServerState(params=variables, opt_state=server_tx.init(variables["params"]),
-                       round=jnp.zeros((), jnp.int32), rng=rng,
-                       extra={"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)})
+    return initial_server_state(variables, rng, server_tx, {"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)})
 
   def server_update(state: ServerState, results: Mapping[str, ClientResults]):
     if "unlabeled" in results and hp.unlabeled_aggregation != "count":
@@ -407,10 +412,6 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
       metrics = {**metrics, "drm_diagonal": jnp.mean(jnp.diagonal(drm)), "drm": drm}
     return new_state.replace(extra=extra), metrics
 
-  def eval_variables(server_state: ServerState, client_state):
-    del client_state
-    return server_state.params
-
   def participates(cohort: str, round_num: int) -> bool:
     if cohort != "unlabeled":
       return True
@@ -418,4 +419,4 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
 
   unlabeled = unlabeled_cohort(model, client_tx, hp) if hp.unlabeled_update == "train" else zero_update_cohort()
   cohorts = {"labeled": labeled_cohort(model, client_tx, hp), "unlabeled": unlabeled}
-  return FederatedAlgorithm(init, cohorts, server_update, eval_variables, participates)
+  return FederatedAlgorithm(init, cohorts, server_update, global_variables, participates)
