@@ -153,7 +153,7 @@ def test_auto_measures_the_candidates_records_the_pick_and_keeps_it_on_resume(tm
   assert resumed["strategy"] == summary["strategy"] and "auto picked" not in caplog.text  # no new calibration
 
 
-def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path, monkeypatch):
   import glob
 
   import jax
@@ -162,6 +162,7 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   from tests.conftest import tiny_config
 
   previous = jax.config.jax_compilation_cache_dir
+  monkeypatch.delenv("FEDJAX_MED_COMPILATION_CACHE")  # conftest's per-run folder would replace the config's path
   try:
     config = tiny_config(num_rounds=1)
     config.execution.compilation_cache = str(tmp_path / "cache")

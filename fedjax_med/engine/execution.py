@@ -342,6 +342,7 @@ class RoundRunner:
     def step(local, step_inputs, arrays, steps, index: int):  # index: a host int, so the phase is known
       return jitted[spec.phase_of(index)](local, step_inputs, arrays, steps, index)
 
+    step.programs = jitted  # phase -> jitted local step (shared across runners of one cohort where hashable)
     return ClientPieces(jax.jit(begin), step, jax.jit(end))
 
   def _stepwise_cohort(self, name, server_state, client_states, data, sel):

@@ -103,6 +103,7 @@ def test_fedirm_ich_config_trains_on_prepared_dicom(tmp_path):
   config = fedirm_ich.get_config()
   config.data.root = str(tmp_path / "prepared")
   config.data.eval_split = "train"  # five slices: every split but train may be empty
+  config.eval.select_on = ""  # so no best-on-val selection either
   config.partition.num_clients, config.partition.labeled_clients = 2, (0,)
   config.model.name, config.model.kwargs = "small_cnn", {"widths": (4,), "dense": 8, "dropout": 0.2}
   config.client.batch_size, config.client.local_steps = 2, 1

@@ -171,11 +171,12 @@ def test_stepwise_runners_of_one_cohort_share_one_compiled_step_whatever_their_n
       "clients": plans["clients"]._replace(num_steps=1)}
   runners = [execution.RoundRunner(algorithm, batch_fns, p, strategy="stepwise", unroll=True,
                                    weighting="num_examples") for p in (short_plans, plans)]
-  step = runners[0]._pieces["clients"].step
-  assert runners[1]._pieces["clients"].step is step
+  programs = runners[0]._pieces["clients"].step.programs
+  assert programs and all(runners[1]._pieces["clients"].step.programs[phase] is program
+                          for phase, program in programs.items())
   for runner, d in zip(runners, (short_data, data)):
     runner(server, clients, d, {"clients": np.arange(3)})
-  assert step._cache_size() == 1
+  assert all(program._cache_size() == 1 for program in programs.values())
 
 
 def _phased_algorithm(phases, traced):
