@@ -98,6 +98,16 @@ def paired_difference(values: dict[str, float], baseline: dict[str, float], leve
   return mean, mean - half, mean + half, len(diffs)
 
 
+def _difference_cell(mean: float, low: float, high: float, pairs: int) -> str:
+  """'n/a' where a metric is missing from either side (e.g. global/dice3d of a FedAvg baseline), no interval
+  from one pair."""
+  if pairs == 0:
+    return "n/a"
+  if pairs == 1:
+    return f"{mean:+.4f} (1 pair, no CI)"
+  return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
 def markdown_paired(rows: list[dict], metric_names: list[str], baseline: str) -> str:
   groups = seed_groups(rows)
   if baseline not in groups:
@@ -108,11 +118,12 @@ def markdown_paired(rows: list[dict], metric_names: list[str], baseline: str) ->
   for run, group in groups.items():
     if run == baseline:
       continue
-    cells, pairs = [run], 0
+    cells, most_pairs = [run], 0
     for m in metric_names:
       mean, low, high, pairs = paired_difference(by_seed(group, m), by_seed(groups[baseline], m))
-      cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
-    cells.append(str(pairs))
+      most_pairs = max(most_pairs, pairs)
+      cells.append(_difference_cell(mean, low, high, pairs))
+    cells.append(str(most_pairs))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

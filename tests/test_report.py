@@ -107,10 +107,12 @@ def test_paired_baseline_gives_the_mean_difference_and_a_t_interval(tmp_path, ca
   dirs = [_fake_run(tmp_path, f"base_s{s}", a) for s, a in enumerate(base)]
   dirs += [_fake_run(tmp_path, f"new_s{s}", a) for s, a in enumerate(other)]
   dirs.append(_fake_run(tmp_path, "solo_s5", 0.5))  # no seed in common with the baseline
+  dirs.append(_fake_run(tmp_path, "one_s1", 0.85))  # one seed in common: a difference, no interval
   assert report.main([*dirs, "--metrics", "macro_auroc", "--over-seeds", "--paired-baseline", "base"]) == 0
   out = capsys.readouterr().out
   half = 4.302652729911275 * 0.01 / np.sqrt(3)  # t(0.975, 2) from tables
   assert f"| new | +0.0200 [{0.02 - half:+.4f}, {0.02 + half:+.4f}] | 3 |" in out
-  assert "| solo | +nan [+nan, +nan] | 0 |" in out
+  assert "| solo | n/a | 0 |" in out
+  assert "| one | +0.0500 (1 pair, no CI) | 1 |" in out
   assert report.main([*dirs, "--metrics", "macro_auroc", "--paired-baseline", "base"]) == 2
   assert report.main([*dirs, "--metrics", "macro_auroc", "--over-seeds", "--paired-baseline", "nope"]) == 2

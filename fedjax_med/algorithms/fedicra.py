@@ -64,7 +64,7 @@ class Hyper:
   tree_low_sigma: float = 0.02
   tree_high_sigma: float = 1.0
   lc_weight: float = 1.0
-  lc_gradient: bool = True
+  lc_gradient: bool = False
   ala_steps: int = 2
   head_steps: int = 7
   body_steps: int = 3

@@ -165,3 +165,20 @@ def with_weak_labels(dataset: PreparedDataset, form: str, ignore: int, seed: int
   arrays = dict(dataset.arrays)
   arrays["scribbles"] = generate_all(arrays["masks"], form, ignore, seed).astype(np.uint8)
   return PreparedDataset(arrays, dataset.meta)
+
+
+def coverage(weak: np.ndarray, masks: np.ndarray, ignore: int) -> dict[str, float]:
+  """What weak labels ``[N, H, W]`` teach against the full ``masks`` they stand for (fractions in [0, 1]).
+
+  ``labelled``: pixels that carry a label; ``background_share``: of those, labelled background;
+  ``foreground_recall``: structure pixels of the masks that carry a structure label; ``wrong``: labelled pixels
+  whose label differs from the mask. A form whose labels are almost all background (boxes: everything outside
+  the boxes) pulls a model towards predicting background.
+  """
+  labelled = weak != ignore
+  n_labelled = max(int(labelled.sum()), 1)
+  foreground = masks > 0
+  return {"labelled": float(labelled.mean()),
+          "background_share": float((labelled & (weak == 0)).sum() / n_labelled),
+          "foreground_recall": float((labelled & (weak > 0) & foreground).sum() / max(int(foreground.sum()), 1)),
+          "wrong": float((labelled & (weak != masks)).sum() / n_labelled)}

@@ -68,3 +68,13 @@ def test_generated_scribbles_match_the_real_acdc_scribbles_in_scale(data_root):
   for c in range(4):
     ratio = (ours == c).sum() / (d["scribbles"][rows] == c).sum()
     assert 0.5 < ratio < 3.0, (c, ratio)  # the real strokes are hand-drawn, ours follow the contours
+
+
+def test_coverage_fractions_by_hand():
+  masks = np.array([[[0, 0, 1, 1],
+                     [0, 2, 2, 1]]], np.uint8)
+  weak = np.array([[[0, IGNORE, 1, IGNORE],
+                    [0, 1, IGNORE, IGNORE]]], np.uint8)  # 4 labelled: bg, bg, 1 (right), 1 (wrong: mask 2)
+  got = weak_labels.coverage(weak, masks, IGNORE)
+  assert got == {"labelled": 4 / 8, "background_share": 2 / 4, "foreground_recall": 2 / 5, "wrong": 1 / 4}
+  assert weak_labels.coverage(np.full_like(masks, IGNORE), masks, IGNORE)["background_share"] == 0.0
