@@ -4,7 +4,10 @@
   python main.py --config configs/fcl_acdc.py:local --workdir runs/local_pre   # local CL, no exchange, FedAvg
   python main.py --config configs/fcl_acdc.py:simclr --workdir runs/simclr_pre # FedSimCLR (instance InfoNCE)
   python main.py --config configs/fcl_acdc.py:fcl,long --workdir runs/fcl_pre_long  # 64x64, 100 rounds (issue 21)
+  python main.py --config configs/fcl_acdc.py:mode=simclr,runlocal --workdir /tmp/x  # 2 tiny rounds (a smoke test)
 then fine-tune with configs/fcl_finetune_acdc.py (``--config.model.init_encoder=runs/fcl_pre``).
+The argument (docs/running.md): ``mode`` = fcl | local | simclr, the flags ``table``, ``long`` or ``full`` (the scale)
+and ``runlocal``.
 
 Data: the compact ``$FEDJAX_MED_DATA/acdc/acdc_slices_128.npz`` (200 ED/ES volumes of 100 patients at 128x128;
 volumes rebuilt from the slice rows) or ACDC prepared from its NIfTI download with
@@ -59,10 +62,10 @@ def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.C
   return config
 
 
-def get_config(arg: str = "fcl") -> ml_collections.ConfigDict:
-  mode, _, scale = arg.partition(",")
-  if scale not in ("", "table", "long", "full"):
-    raise ValueError(f"unknown config scale {scale!r}; allowed: '' (CPU protocol), 'table', 'long' or 'full'")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  where = "configs/fcl_acdc.py"
+  args = common.parse_arg(arg, where, mode=MODES, table=False, long=False, full=False, runlocal=False)
+  scale = common.one_scale(args, where, "table", "long", "full")
   config = fedavg.get_config()
   config.num_rounds = 20
   config.data.name = "acdc"
@@ -106,4 +109,11 @@ def get_config(arg: str = "fcl") -> ml_collections.ConfigDict:
     config.client.batch_size = 8
     config.algorithm.bank_size = 1024
     config.algorithm.exchange_size = 512
-  return apply_mode(config, mode)
+  apply_mode(config, args.mode)
+  if args.runlocal:  # 2 rounds: the second trains on the features exchanged in the first
+    common.apply_runlocal(config, rounds=2, batch_size=2)
+    config.data.downsample = 4  # 32 x 32 slices
+    config.model.kwargs = ml_collections.ConfigDict(dict(widths=(4, 8), projection_dim=8))
+    config.algorithm.bank_size = 8
+    config.algorithm.exchange_size = 4
+  return config

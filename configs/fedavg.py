@@ -1,6 +1,7 @@
 """FedAvg on the embedded synthetic data (no download): the quick-start job.
 
   python main.py --config configs/fedavg.py --workdir /tmp/fedavg
+  python main.py --config configs/fedavg.py:runlocal --workdir /tmp/fedavg_smoke   # 1 tiny round (docs/running.md)
 
 4 sites (the synthetic set's domains), a small CNN classifying the object's shape,
 60 rounds x 10 local Adam steps; finishes in under a minute on a 2-core CPU.
@@ -9,8 +10,11 @@ Every other config imports this one and overrides what differs.
 
 import ml_collections
 
+from configs import common
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, "configs/fedavg.py", runlocal=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_rounds = 60
@@ -160,4 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log = ml_collections.ConfigDict()
   config.log.progress = True
   config.log.tensorboard = True
+  if args.runlocal:
+    common.apply_runlocal(config)
+    config.model.kwargs.update(widths=(4,), dense=8)
   return config

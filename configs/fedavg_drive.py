@@ -3,6 +3,9 @@
   python main.py --config configs/fedavg_drive.py --workdir runs/drive_fedavg
   python main.py --config configs/fedavg_drive.py:pooled --workdir runs/drive_pooled   # centralised, same budget
   python main.py --config configs/fedavg_drive.py:site0 --workdir runs/drive_site0     # site 0 alone, same budget
+  python main.py --config configs/fedavg_drive.py:mode=pooled,runlocal --workdir /tmp/drive_smoke   # 1 tiny round
+
+The argument (docs/running.md): ``mode`` = fedavg | pooled | site0..site3, and the flag ``runlocal``.
 
 Data: DRIVE prepared by ``python -m fedjax_med.data.prepare drive --raw DRIVE --out prepared/drive`` (then
 ``--config.data.root=prepared/drive``), or the compact ``$FEDJAX_MED_DATA/drive/drive.npz``.
@@ -15,7 +18,8 @@ U-Net 16-32-64-128 with batch norm, Adam 1e-3, 4 clients x 20 local steps x 30 r
 from configs import common, fedavg
 
 
-def get_config(mode: str = "fedavg"):
+def get_config(arg: str | None = None):
+  args = common.parse_arg(arg, "configs/fedavg_drive.py", mode=common.baseline_modes(4), runlocal=False)
   config = fedavg.get_config()
   config.num_rounds = 30
   config.data.name = "drive"
@@ -47,4 +51,9 @@ def get_config(mode: str = "fedavg"):
   config.eval.pad_multiple = 8  # 2**(depth-1) for 4 U-Net levels
   config.eval.key_metric = "dice"
   config.checkpoint.every = 10
-  return common.apply_mode(config, mode)
+  common.apply_mode(config, args.mode)
+  if args.runlocal:
+    common.apply_runlocal(config)
+    config.model.kwargs = dict(widths=(4, 8), norm="batch")
+    config.data.patch_size = 32
+  return config

@@ -2,6 +2,9 @@
 
   python main.py --config configs/fedavg_ham10000.py --workdir runs/ham_fedavg
   python main.py --config configs/fedavg_ham10000.py:pooled --workdir runs/ham_pooled   # centralised, same budget
+  python main.py --config configs/fedavg_ham10000.py:site3,runlocal --workdir /tmp/ham_smoke  # 1 tiny round
+
+The argument (docs/running.md): ``mode`` = fedavg | pooled | site0..site9, and the flag ``runlocal``.
 
 Data: prepared by ``python -m fedjax_med.data.prepare ham10000 --raw HAM10000 --out prepared/ham10000``
 (then ``--config.data.root=prepared/ham10000``) or the compact ``$FEDJAX_MED_DATA/ham10000/ham10000_64.npz``;
@@ -13,7 +16,8 @@ the full-size model.
 from configs import common, fedavg
 
 
-def get_config(mode: str = "fedavg"):
+def get_config(arg: str | None = None):
+  args = common.parse_arg(arg, "configs/fedavg_ham10000.py", mode=common.baseline_modes(10), runlocal=False)
   config = fedavg.get_config()
   config.num_rounds = 30
   config.data.name = "ham10000"
@@ -38,4 +42,8 @@ def get_config(mode: str = "fedavg"):
   config.eval.every = 5
   config.eval.batch_size = 128
   config.eval.key_metric = "balanced_accuracy"
-  return common.apply_mode(config, mode)
+  common.apply_mode(config, args.mode)
+  if args.runlocal:
+    common.apply_runlocal(config)
+    common.tiny_densenet(config)
+  return config

@@ -4,8 +4,10 @@ on HAM10000 = ISIC 2018 task 3 at 64x64: many small clients, Poisson sampling, n
   python main.py --config configs/fedavg_ham10000_dp.py:4 --workdir runs/dp_eps4      # ε = 4 at δ = 1e-3
   python main.py --config configs/fedavg_ham10000_dp.py:inf --workdir runs/dp_inf    # the same run without DP
   python main.py --config configs/fedavg_ham10000_dp.py:4,table ...                 # docs/results/dp_ham10000.md
+  python main.py --config configs/fedavg_ham10000_dp.py:eps=2,runlocal --workdir /tmp/dp_smoke   # 1 tiny round
 
-The argument is the target ε (``inf``: no clipping, no noise; the same clients, sampling and optimizers). The
+The argument (docs/running.md): ``eps``, the target ε (``inf``: no clipping, no noise; the same clients, sampling
+and optimizers), and the flags ``table`` and ``runlocal``. The
 noise multiplier z is the smallest whose RDP ε after ``num_rounds`` rounds at rate q stays <= the target
 (``privacy.noise_multiplier = -1``); ε is logged every round. The lesion-grouped training split (about 7000
 images) is spread iid over 500 clients (about 14 images each: a cross-device regime, where client-level DP has a
@@ -18,17 +20,11 @@ import ml_collections
 from configs import common, fedavg
 
 
-def get_config(spec: str = "4") -> ml_collections.ConfigDict:
-  arg, _, scale = spec.partition(",")
-  if scale not in ("", "table"):
-    raise ValueError(f"configs/fedavg_ham10000_dp.py: unknown scale {scale!r}; allowed: '' or 'table'")
-  if arg != "inf":
-    try:
-      target = float(arg)
-    except ValueError:
-      raise ValueError(f"configs/fedavg_ham10000_dp.py takes a target epsilon or 'inf'; got {arg!r}") from None
-    if target <= 0:
-      raise ValueError(f"the target epsilon must be > 0; got {target}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, "configs/fedavg_ham10000_dp.py", eps=4.0, table=False, runlocal=False)
+  if not args.eps > 0:  # float('inf') parses 'inf': no clipping, no noise
+    raise ValueError(f"configs/fedavg_ham10000_dp.py: the target epsilon must be > 0 or 'inf'; got eps={args.eps}")
+  private = args.eps != float("inf")
   config = fedavg.get_config()
   config.num_rounds = 200
   config.data.name = "ham10000"
@@ -52,25 +48,29 @@ def get_config(spec: str = "4") -> ml_collections.ConfigDict:
   config.server.momentum = 0.9
   config.aggregation.weighting = "uniform"  # DP-FedAvg's fixed denominator counts clients, not examples
 
-  config.privacy.enabled = arg != "inf"
+  config.privacy.enabled = private
   config.privacy.clip = 0.5  # S (GUESS: near the median update norm of the non-private run's first rounds)
   config.privacy.noise_multiplier = -1.0  # calibrate z to the target
   config.privacy.sampling = "poisson"
   config.privacy.rate = 0.1
   config.privacy.delta = 1e-3
   config.privacy.accountant = "rdp"
-  config.privacy.target_epsilon = 0.0 if arg == "inf" else float(arg)
-  if arg == "inf":  # the same Poisson participation without the mechanism
+  config.privacy.target_epsilon = args.eps if private else 0.0
+  if not private:  # the same Poisson participation without the mechanism
     config.aggregation.clients_per_round = 50
 
   config.eval.every = 20
   config.eval.batch_size = 256
   config.eval.key_metric = "macro_auroc"
   config.checkpoint.every = 20
-  if scale == "table":
+  if args.table:
     # docs/results/dp_ham10000.md: 4 privacy levels x 3 seeds in about an hour of this 2-core CPU. The full config
     # costs ~10 s per round here (85 clients computed per round at 64x64); 32x32 images and 100 rounds (z is
     # calibrated to the target for 100 rounds) make a run ~5 min.
     config.data.downsample = 2
     config.num_rounds = 100
+  if args.runlocal:  # the same 500 clients and sampling, z calibrated to the target for one round
+    common.apply_runlocal(config)
+    config.model.kwargs.update(widths=(4,), dense=8)
+    config.data.downsample = 2
   return config

@@ -7,7 +7,9 @@ own cheap form, and its same-budget baselines.
   python main.py --config configs/fedicra_acdc.py:fedbn --workdir runs/fedbn         # FedBN + pCE + gated CRF
   python main.py --config configs/fedicra_acdc.py:local --workdir runs/local         # every site alone (pCE)
   python main.py --config configs/fedicra_acdc.py:full --workdir runs/full           # FedAvg, full masks (upper)
-Append ``,table`` for the CPU protocol of docs/results/fedicra_acdc.md.
+Append ``,table`` for the CPU protocol of docs/results/fedicra_acdc.md, ``,runlocal`` for 2 tiny rounds that run every
+phase (ALA from the second round) in seconds: the argument (docs/running.md) is ``mode`` and the flags ``table`` and
+``runlocal``, e.g. ``configs/fedicra_acdc.py:mode=fedbn,table``.
 
 Sites and annotation forms (``data.weak_forms``, in site order DCM, HCM, MINF, NOR, RV; what each form marks is in
 ``fedjax_med/data/weak_labels.py``): DCM keeps the real ACDC scribbles of the data (Valvano et al.), HCM noisy
@@ -91,10 +93,8 @@ def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.C
   return config
 
 
-def get_config(arg: str = "fedicra") -> ml_collections.ConfigDict:
-  mode, _, scale = arg.partition(",")
-  if scale not in ("", "table"):
-    raise ValueError(f"unknown config scale {scale!r}; allowed: '' (full size) or 'table'")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, "configs/fedicra_acdc.py", mode=MODES, table=False, runlocal=False)
   config = fedavg.get_config()
   config.num_rounds = 300  # 3000 local iterations per site (official: 30000)
   config.data.name = "acdc"
@@ -134,7 +134,7 @@ def get_config(arg: str = "fedicra") -> ml_collections.ConfigDict:
   config.eval.hd95 = True  # per slice, in pixels of the (downsampled) grid, as the official evaluation
   config.eval.pad_multiple = 16
   config.checkpoint.every = 25
-  if scale == "table":  # sized so that every run of the table fits ~2 h of a 2-core CPU
+  if args.table:  # sized so that every run of the table fits ~2 h of a 2-core CPU
     config.data.downsample = 2  # 64 x 64 slices
     config.model.kwargs.widths = (16, 32, 64, 128)
     config.model.kwargs.dropout = (0.05, 0.1, 0.2, 0.3)
@@ -156,4 +156,16 @@ def get_config(arg: str = "fedicra") -> ml_collections.ConfigDict:
     config.algorithm.body_steps = 10
     config.execution.strategy = "stepwise"  # what auto picks here (measured); saves its ~2 min calibration per run
     config.eval.pad_multiple = 8
-  return apply_mode(config, mode)
+  if args.runlocal:  # before apply_mode: the baselines take FedICRA's (shrunk) training steps
+    algo = config.algorithm
+    algo.ala_steps, algo.head_steps, algo.body_steps = 1, min(algo.head_steps, 1), 1
+    algo.ala_start_round = 1  # ALA needs a decoder trained in an earlier round: round 1 of 2
+    algo.crf_radius = config.task.crf_radius = 1  # 8 CRF offsets instead of 120 (they dominate compile time)
+    config.client.local_steps = algo.ala_steps + algo.head_steps + algo.body_steps
+    config.data.downsample = 4  # 32 x 32 slices
+    config.model.kwargs.update(widths=(4, 8), dropout=(0.05, 0.1), aux_width=4, num_aux=1)
+    config.eval.pad_multiple = 2
+  apply_mode(config, args.mode)
+  if args.runlocal:
+    common.apply_runlocal(config, rounds=2, local_steps=config.client.local_steps)
+  return config

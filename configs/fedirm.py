@@ -2,6 +2,9 @@
 
   python main.py --config configs/fedirm.py --workdir /tmp/fedirm
   python main.py --config configs/fedirm.py:lower --workdir /tmp/fedirm_lower   # FedAvg, labeled clients only
+  python main.py --config configs/fedirm.py:mode=official,runlocal --workdir /tmp/fedirm_smoke   # 2 tiny rounds
+
+The argument (docs/running.md): ``mode`` (below) and the flag ``runlocal``.
 
 10 clients (iid over patients), 2 labeled (20 %), 8 unlabeled; a small CNN with head dropout.
 Modes (the baselines of issue 3, same runner, budget and seeds):
@@ -34,7 +37,7 @@ softmax distance per sample (the code divides by the nominal batch size).
 
 import ml_collections
 
-from configs import fedavg
+from configs import common, fedavg
 
 MODES = ("fedirm", "lower", "upper", "meanteacher", "zero_update", "fixmatch", "official")
 
@@ -108,7 +111,17 @@ def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.C
   return config
 
 
-def get_config(mode: str = "fedirm") -> ml_collections.ConfigDict:
+def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """runlocal of a FedIRM config: 2 rounds, the unlabeled clients joining (warm-up and ramp-up end) in the second."""
+  common.apply_runlocal(config, rounds=2)
+  config.algorithm.warmup_rounds = 1
+  config.algorithm.rampup_rounds = 1.0
+  config.algorithm.mc_passes = 2
+  return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, "configs/fedirm.py", mode=MODES, runlocal=False)
   config = fedavg.get_config()
   config.num_rounds = 40
   config.data.synthetic = dict(num_sites=4, patients_per_site=40, slices_per_volume=4, image_size=32,
@@ -129,4 +142,8 @@ def get_config(mode: str = "fedirm") -> ml_collections.ConfigDict:
   # runs; the strategies agree up to float rounding, which grows over tens of rounds into different final numbers
   config.execution.strategy = "sequential"
   config.checkpoint.every = 10
-  return apply_mode(config, mode)
+  apply_mode(config, args.mode)
+  if args.runlocal:
+    apply_runlocal(config)
+    config.model.kwargs.update(widths=(4,), dense=8)
+  return config

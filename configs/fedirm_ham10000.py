@@ -6,6 +6,9 @@
   mode changes)
   python main.py --config configs/fedirm_ham10000.py:fedirm,table ...                        # docs/results table
   python main.py --config configs/fedirm_ham10000.py:fedirm,full ...                         # the paper's scale
+  python main.py --config configs/fedirm_ham10000.py:mode=fixmatch,runlocal --workdir /tmp/x   # 2 tiny rounds
+
+The argument (docs/running.md): ``mode`` and the flags ``table`` or ``full`` (the scale) and ``runlocal``.
 
 Data: the compact ``$FEDJAX_MED_DATA/ham10000/ham10000_64.npz`` (lesion-grouped train/val/test split; the
 test split evaluates, the val split selects the best model: results.json ``best/<metric>``, ``best_round``) or
@@ -23,15 +26,19 @@ as the official code. Paper vs code differences: configs/fedirm.py.
 
 import ml_collections
 
-from configs import fedavg_ham10000, fedirm
+from configs import common, fedavg_ham10000, fedirm
 
 SCALES = ("", "table", "full")
+SPEC = dict(mode=fedirm.MODES, table=False, full=False, runlocal=False)  # configs/fedirm_ich.py's too
 
 
-def get_config(arg: str = "fedirm") -> ml_collections.ConfigDict:
-  mode, _, scale = arg.partition(",")
-  if scale not in SCALES:
-    raise ValueError(f"unknown config scale {scale!r}; allowed: {list(SCALES)}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return build(common.parse_arg(arg, "configs/fedirm_ham10000.py", **SPEC), "configs/fedirm_ham10000.py")
+
+
+def build(args: ml_collections.ConfigDict, where: str) -> ml_collections.ConfigDict:
+  """The config of parsed ``args`` (keys ``SPEC``); ``where`` names the config file in errors."""
+  scale = common.one_scale(args, where, "table", "full")
   config = fedavg_ham10000.get_config()  # the HAM10000 data, normalisation and evaluation
   config.num_rounds = 60
   config.data.views = ("weak", "weak")  # the official TransformTwice: two independent weak views
@@ -68,4 +75,8 @@ def get_config(arg: str = "fedirm") -> ml_collections.ConfigDict:
     config.client.local_steps = 37
     config.algorithm.warmup_rounds = 21
     config.algorithm.rampup_rounds = 30.0
-  return fedirm.apply_mode(config, mode)
+  fedirm.apply_mode(config, args.mode)
+  if args.runlocal:
+    fedirm.apply_runlocal(config)
+    common.tiny_densenet(config)
+  return config

@@ -5,8 +5,11 @@ segmentation from few labels, with the paper's ablation ladder as modes.
   python main.py --config configs/multimix_ham10000.py:umtl,1000,50 --workdir runs/umtl   # MODE,CLASS,MASK budgets
   python main.py --config configs/multimix_ham10000.py:multimix,100,10,fed --workdir runs/fed  # federated
   python main.py --config configs/multimix_ham10000.py:multimix,100,10,table ...   # docs/results/multimix_ham10000.md
+  python main.py --config configs/multimix_ham10000.py:mode=enc,class_budget=all,mask_budget=50,fed,runlocal \\
+      --workdir /tmp/x                                                        # a seconds-long check (1 tiny round)
 Budgets: training images keeping their class label / their mask (``all`` = every one; the paper: {100, 1000,
-all} x {10, 50, all}).
+all} x {10, 50, all}). The argument (docs/running.md): ``mode``, ``class_budget``, ``mask_budget`` and the flags
+``fed``, ``pneumonia``, ``table``, ``claim`` and ``runlocal`` (1 round of 2 steps of a 2-level model at 32x32).
 
 Modes (the paper's ladder; every mode trains the same network for the same steps):
   unet      segmentation only (Dice on labeled masks)
@@ -67,24 +70,22 @@ def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.C
   return config
 
 
-def budget(value: str) -> int:
+def budget(value: str, where: str = "configs/multimix_ham10000.py") -> int:
   if value == "all":
     return -1
   if not value.isdigit():
-    raise ValueError(f"a label budget is a count or 'all'; got {value!r}")
+    raise ValueError(f"{where}: a label budget is a count or 'all'; got {value!r}")
   return int(value)
 
 
-def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
-  parts = arg.split(",")
-  mode, flags = parts[0], set(parts[3:])
-  class_budget, mask_budget = (parts[1], parts[2]) if len(parts) >= 3 else ("100", "10")
-  if len(parts) == 2 or not flags <= {"fed", "pneumonia", "table", "claim"} or len(flags) != len(parts[3:]):
-    raise ValueError("configs/multimix_ham10000.py takes "
-                     f"MODE[,CLASS_BUDGET,MASK_BUDGET[,fed][,pneumonia][,table][,claim]]; got {arg!r}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  where = "configs/multimix_ham10000.py"
+  args = common.parse_arg(arg, where, mode=MODES, class_budget="100", mask_budget="10", fed=False, pneumonia=False,
+                          table=False, claim=False, runlocal=False)
+  flags = {f for f in ("fed", "pneumonia", "table", "claim") if args[f]}
   if "claim" in flags:
     if "fed" in flags:
-      raise ValueError(f"configs/multimix_ham10000.py: ,claim is centralised (its PneumoniaMNIST stream); got {arg!r}")
+      raise ValueError(f"{where}: claim is centralised (its PneumoniaMNIST stream); got {arg!r}")
     flags |= {"pneumonia", "table"}
   federated = "fed" in flags
   config = fedavg.get_config()
@@ -95,8 +96,8 @@ def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
   config.data.std = (0.5,)
   config.data.channels = ()  # RGB: dermoscopy's colour carries the diagnosis (official: Grayscale, for X-rays)
   config.data.batch_mode = "multitask"
-  config.data.class_budget = budget(class_budget)
-  config.data.mask_budget = budget(mask_budget)
+  config.data.class_budget = budget(args.class_budget, where)
+  config.data.mask_budget = budget(args.mask_budget, where)
   if "pneumonia" in flags:
     config.data.cls_source.name = "pneumoniamnist"
     config.data.cls_source.root = common.data_file("pneumoniamnist/pneumoniamnist_28.npz")
@@ -144,4 +145,9 @@ def get_config(arg: str = "multimix") -> ml_collections.ConfigDict:
   if "claim" in flags:  # issue 21's classification claim: the ,pneumonia,table protocol, scored once at the end
     config.eval.every = config.num_rounds  # one evaluation (the table's extra one at round 20 costs CPU, not data)
     config.checkpoint.every = config.num_rounds
-  return apply_mode(config, mode)
+  apply_mode(config, args.mode)
+  if args.runlocal:
+    common.apply_runlocal(config)
+    config.data.downsample = 2  # 32 x 32
+    config.model.kwargs.widths = (4, 8)
+  return config

@@ -1,11 +1,14 @@
 """Every shipped config, in every mode its docstring documents, validates; each algorithm refuses a
-``config.algorithm`` key it does not read (naming its allowed keys) and a task loss weight set where it is unread."""
+``config.algorithm`` key it does not read (naming its allowed keys) and a task loss weight set where it is unread;
+the one config-argument grammar (configs/common.parse_arg): positional and named forms, flags, errors; every config's
+``runlocal`` variant runs a tiny round end to end on the real data."""
 
 import itertools
 import os
 
 import pytest
 
+from configs import common
 from fedjax_med import cli
 from fedjax_med import config as config_lib
 from fedjax_med.algorithms import check_config, registered
@@ -43,6 +46,26 @@ def shipped_variants() -> dict[str, list]:
   }
 
 
+def named_variants() -> dict[str, list[tuple]]:
+  """Config file -> (positional arg, the same config in the named form, a runlocal variant)."""
+  return {
+      "fedavg": [(None, "runlocal=false", "runlocal")],
+      "fedavg_drive": [("pooled", "mode=pooled", "pooled,runlocal")],
+      "fedavg_ham10000": [("site3", "mode=site3", "runlocal,site3")],
+      "fedavg_ham10000_dp": [("4,table", "eps=4,table", "eps=inf,runlocal"), ("inf", "eps=inf", "inf,runlocal")],
+      "fedirm": [("official", "mode=official", "official,runlocal")],
+      "fedirm_ham10000": [("fixmatch,table", "table,mode=fixmatch", "mode=fixmatch,full,runlocal")],
+      "fedirm_ich": [("lower,full", "mode=lower,full=1", "lower,runlocal")],
+      "fcl_acdc": [("simclr,long", "long=true,mode=simclr", "simclr,long,runlocal")],
+      "fcl_finetune_acdc": [("2,table,staged", "labeled_patients=2,staged,table", "2,staged,runlocal")],
+      "fedicra_acdc": [("fedavg_pce,table", "mode=fedavg_pce,table", "fedavg_pce,table,runlocal")],
+      "multimix_ham10000": [("multimix,100,10,claim", "mode=multimix,class_budget=100,mask_budget=10,claim",
+                             "mode=multimix,class_budget=100,mask_budget=10,claim,runlocal"),
+                            ("umtl,all,50,fed", "umtl,mask_budget=50,class_budget=all,fed",
+                             "umtl,all,50,fed,runlocal")],
+  }
+
+
 def load(name: str, arg):
   import importlib
 
@@ -58,7 +81,8 @@ def test_every_config_file_has_its_variants_listed():
 def test_every_shipped_config_validates():
   count = 0
   for name, args in shipped_variants().items():
-    for arg in args:
+    extra = [a for variants in named_variants()[name] for a in variants[1:]]
+    for arg in [*args, *extra]:
       config = load(name, arg)
       try:
         config_lib.validate(config)
@@ -68,6 +92,152 @@ def test_every_shipped_config_validates():
       assert set(reads.required) <= set(config.algorithm), (name, arg)
       count += 1
   assert count > 150
+
+
+def test_named_and_positional_forms_give_the_same_config():
+  assert set(named_variants()) == set(shipped_variants())
+  for name, variants in named_variants().items():
+    for positional, named, runlocal in variants:
+      assert load(name, positional).to_dict() == load(name, named).to_dict(), (name, named)
+      small, full = load(name, runlocal), load(name, runlocal.replace("runlocal", "runlocal=0"))
+      assert small.num_rounds <= 2 and not small.log.progress and not small.log.tensorboard, (name, runlocal)
+      # runlocal shrinks the run, never what it is: the same algorithm, task, data and clients
+      for key in ("algorithm.name", "task.name", "data.name", "data.root", "data.batch_mode", "partition.method",
+                  "partition.num_clients", "privacy.enabled", "data.cls_source.name"):
+        node_small, node_full = small, full
+        for part in key.split("."):
+          node_small, node_full = node_small[part], node_full[part]
+        assert node_small == node_full, (name, runlocal, key)
+
+
+SPEC = dict(mode=("fedicra", "fedavg_pce", "full"), n=1, rate=0.5, tag="x", table=False, runlocal=False)
+
+
+def parse(arg):
+  return common.parse_arg(arg, "configs/demo.py", **SPEC).to_dict()
+
+
+def test_parse_arg_fills_positional_named_and_flag_tokens():
+  defaults = dict(mode="fedicra", n=1, rate=0.5, tag="x", table=False, runlocal=False)
+  assert parse(None) == parse("") == defaults
+  assert parse("full,4,0.25,y,table") == dict(defaults, mode="full", n=4, rate=0.25, tag="y", table=True)
+  assert parse("mode=full,n=4") == parse("full,4") == dict(defaults, mode="full", n=4)
+  assert parse("n=4,full") == dict(defaults, mode="full", n=4)  # bare values skip keys already set by name
+  assert parse("table,fedavg_pce,runlocal,rate=2") == dict(defaults, mode="fedavg_pce", table=True, runlocal=True,
+                                                           rate=2.0)
+  for text, value in (("true", True), ("1", True), ("False", False), ("0", False)):
+    assert parse(f"table={text}")["table"] is value
+  assert parse("table,runlocal=0") == dict(defaults, table=True)
+
+
+KEYS = r"keys \(bare values fill them in this order\): mode=fedicra\|fedavg_pce\|full, n=<int>, rate=<float>, " \
+       r"tag=<str>; flags: table, runlocal"
+
+
+@pytest.mark.parametrize("arg, problem", [
+    ("bogus=1", r"unknown key 'bogus' in 'bogus=1'"),
+    ("n=four", r"n='four' is not an int"),
+    ("full,x", r"n='x' is not an int"),
+    ("rate=fast", r"rate='fast' is not a float"),
+    ("table=maybe", r"table='maybe' is not true, false, 1 or 0"),
+    ("mode=fedavg", r"mode='fedavg' is not allowed; allowed: fedicra\|fedavg_pce\|full"),
+    ("full,1,0.5,y,extra", r"too many bare values: 'extra' has no key left to fill"),
+    ("full,mode=full", r"key 'mode' given twice \(again in 'mode=full'\)"),
+    ("table,table", r"key 'table' given twice"),
+])
+def test_parse_arg_names_the_file_the_token_and_the_keys(arg, problem):
+  with pytest.raises(ValueError, match="^configs/demo.py: " + problem + ".*; " + KEYS + "$") as info:
+    parse(arg)
+  assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name, arg, problem", [
+    ("fedicra_acdc", "fedavg", r"configs/fedicra_acdc.py: mode='fedavg' is not allowed"),
+    ("fedirm_ham10000", "fedirm,table,full", r"configs/fedirm_ham10000.py: flags \['table', 'full'\] exclude each"),
+    ("fedirm_ich", "scale=table", r"configs/fedirm_ich.py: unknown key 'scale'"),
+    ("fcl_finetune_acdc", "two", r"configs/fcl_finetune_acdc.py: labeled_patients='two' is not an int"),
+    ("fedavg_ham10000_dp", "0", r"configs/fedavg_ham10000_dp.py: the target epsilon must be > 0 or 'inf'"),
+    ("fedavg_ham10000_dp", "eps=four", r"configs/fedavg_ham10000_dp.py: eps='four' is not a float"),
+    ("fedavg_drive", "site4", r"configs/fedavg_drive.py: mode='site4' is not allowed; allowed: fedavg\|pooled\|"
+                              r"site0\|site1\|site2\|site3;"),
+    ("multimix_ham10000", "multimix,100,10,fed,claim", r"configs/multimix_ham10000.py: claim is centralised"),
+    ("multimix_ham10000", "multimix,100,ten", r"configs/multimix_ham10000.py: a label budget is a count or 'all'"),
+    ("fedavg", "table", r"configs/fedavg.py: too many bare values: 'table'"),
+])
+def test_config_files_refuse_a_bad_argument(name, arg, problem):
+  with pytest.raises(ValueError, match=problem):
+    load(name, arg)
+
+
+def test_a_bad_config_argument_is_one_error_line():
+  import subprocess
+  import sys
+
+  result = subprocess.run([sys.executable, os.path.join(REPO, "main.py"), "--config",
+                           "configs/fedicra_acdc.py:mode=fedavg", "--workdir", "/nonexistent/never"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().startswith("error: config file: configs/fedicra_acdc.py: mode='fedavg' is not allowed")
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# (c) every config file x each of its distinct algorithm / task modes, one tiny run on the real data. The modes of
+# configs/fedirm_ham10000.py are those of configs/fedirm.py (the same algorithm code, run here on synthetic data), so
+# it runs FedIRM itself and fixmatch (the mode that changes its data pipeline). configs/fedirm_ich.py needs a
+# prepared RSNA-ICH folder: test_fedirm_ich_runlocal_on_prepared_dicom below prepares one from tiny DICOM files.
+RUNLOCAL = [
+    ("fedavg", "runlocal"),
+    ("fedavg_drive", "runlocal"),
+    ("fedavg_ham10000", "runlocal"),
+    ("fedavg_ham10000_dp", "runlocal"),
+    ("fedavg_ham10000_dp", "inf,runlocal"),
+    *[("fedirm", f"{mode},runlocal") for mode in ("fedirm", "lower", "upper", "meanteacher", "zero_update",
+                                                  "fixmatch", "official")],
+    ("fedirm_ham10000", "runlocal"),
+    ("fedirm_ham10000", "fixmatch,runlocal"),
+    *[("fcl_acdc", f"{mode},runlocal") for mode in ("fcl", "local", "simclr")],
+    ("fcl_finetune_acdc", "1,runlocal"),
+    ("fcl_finetune_acdc", "2,staged,runlocal"),
+    *[("fedicra_acdc", f"{mode},runlocal") for mode in ("fedicra", "fedavg_pce", "fedavg_crf", "fedbn", "local",
+                                                        "full")],
+    *[("multimix_ham10000", f"{mode},runlocal") for mode in ("unet", "enc", "encssl", "umtl", "umtls", "multimix")],
+    ("multimix_ham10000", "multimix,fed,runlocal"),
+    ("multimix_ham10000", "enc,claim,runlocal"),
+]
+
+
+def test_every_config_file_has_a_runlocal_run():
+  assert {name for name, _ in RUNLOCAL} | {"fedirm_ich"} == set(shipped_variants())
+
+
+@pytest.mark.parametrize("name, arg", RUNLOCAL)
+def test_runlocal_runs_end_to_end_on_the_real_data(name, arg, data_root, monkeypatch, tmp_path):
+  import math
+
+  from fedjax_med import train
+
+  monkeypatch.setenv("FEDJAX_MED_DATA", data_root)  # configs/common.data_file reads it when the config is built
+  config = load(name, arg)
+  summary = train.run(config, str(tmp_path / "run"))
+  assert summary["rounds"] == config.num_rounds <= 2
+  assert summary["eval"] and all(math.isfinite(v) for v in summary["eval"].values() if isinstance(v, float))
+
+
+def test_fedirm_ich_runlocal_on_prepared_dicom(tmp_path):
+  pytest.importorskip("pydicom")
+  from fedjax_med import train
+  from fedjax_med.data import prepare
+  from tests.data.test_rsna_ich import _kaggle
+
+  raw, _ = _kaggle(tmp_path)
+  assert prepare.main(["rsna_ich", "--raw", str(raw), "--out", str(tmp_path / "prepared"), "--size", "16"]) == 0
+  config = load("fedirm_ich", "runlocal")
+  config.data.root = str(tmp_path / "prepared")
+  config.data.eval_split, config.eval.select_on = "train", ""  # five slices: every split but train may be empty
+  config.partition.num_clients, config.partition.labeled_clients = 2, (0,)
+  config.client.batch_size = 2
+  summary = train.run(config, str(tmp_path / "run"))
+  assert summary["rounds"] == 2 and 0.0 <= summary["eval"]["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize("name, arg, algorithm", [("fedavg", None, "fedavg"), ("fedirm", "fedirm", "fedirm"),
