@@ -181,27 +181,29 @@ def test_a_bad_config_argument_is_one_error_line():
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-# (c) every config file x each of its distinct algorithm / task modes, one tiny run on the real data. The modes of
-# configs/fedirm_ham10000.py are those of configs/fedirm.py (the same algorithm code, run here on synthetic data), so
-# it runs FedIRM itself and fixmatch (the mode that changes its data pipeline). configs/fedirm_ich.py needs a
-# prepared RSNA-ICH folder: test_fedirm_ich_runlocal_on_prepared_dicom below prepares one from tiny DICOM files.
+# (c) every config file, one tiny runlocal run on the real data per distinct code path of its modes (the CPU budget
+# of the suite: one run costs 5-25 s of compilation). A mode left out adds no code to one run here:
+# - fedavg_ham10000_dp inf = fedavg_ham10000 (plain FedAvg over sampled clients);
+# - fedirm lower / meanteacher are fedirm with terms switched off, upper is FedAvg over labeled clients (every mode
+#   also runs in tests/algorithms/test_fedirm.py); fedirm_ham10000's modes are fedirm.py's, on other data;
+# - fcl_finetune_acdc N without staged = round 1 of staged (every weight training);
+# - fedicra_acdc fedavg_pce = fedavg_crf without the CRF term, fedbn = local's local batch statistics;
+# - multimix_ham10000 encssl / umtl / umtls are multimix with terms switched off; centralised multimix = the
+#   centralised unet and enc,claim runs plus the federated multimix run.
+# configs/fedirm_ich.py needs a prepared RSNA-ICH folder, not in the data folder: its runlocal variant runs in
+# tests/data/test_rsna_ich.py::test_fedirm_ich_config_trains_on_prepared_dicom, on one prepared from tiny DICOM files.
 RUNLOCAL = [
     ("fedavg", "runlocal"),
     ("fedavg_drive", "runlocal"),
     ("fedavg_ham10000", "runlocal"),
     ("fedavg_ham10000_dp", "runlocal"),
-    ("fedavg_ham10000_dp", "inf,runlocal"),
-    *[("fedirm", f"{mode},runlocal") for mode in ("fedirm", "lower", "upper", "meanteacher", "zero_update",
-                                                  "fixmatch", "official")],
+    *[("fedirm", f"{mode},runlocal") for mode in ("fedirm", "zero_update", "fixmatch", "official")],
     ("fedirm_ham10000", "runlocal"),
-    ("fedirm_ham10000", "fixmatch,runlocal"),
     *[("fcl_acdc", f"{mode},runlocal") for mode in ("fcl", "local", "simclr")],
-    ("fcl_finetune_acdc", "1,runlocal"),
     ("fcl_finetune_acdc", "2,staged,runlocal"),
-    *[("fedicra_acdc", f"{mode},runlocal") for mode in ("fedicra", "fedavg_pce", "fedavg_crf", "fedbn", "local",
-                                                        "full")],
-    *[("multimix_ham10000", f"{mode},runlocal") for mode in ("unet", "enc", "encssl", "umtl", "umtls", "multimix")],
+    *[("fedicra_acdc", f"{mode},runlocal") for mode in ("fedicra", "fedavg_crf", "local", "full")],
     ("multimix_ham10000", "multimix,fed,runlocal"),
+    ("multimix_ham10000", "unet,runlocal"),
     ("multimix_ham10000", "enc,claim,runlocal"),
 ]
 
@@ -221,23 +223,6 @@ def test_runlocal_runs_end_to_end_on_the_real_data(name, arg, data_root, monkeyp
   summary = train.run(config, str(tmp_path / "run"))
   assert summary["rounds"] == config.num_rounds <= 2
   assert summary["eval"] and all(math.isfinite(v) for v in summary["eval"].values() if isinstance(v, float))
-
-
-def test_fedirm_ich_runlocal_on_prepared_dicom(tmp_path):
-  pytest.importorskip("pydicom")
-  from fedjax_med import train
-  from fedjax_med.data import prepare
-  from tests.data.test_rsna_ich import _kaggle
-
-  raw, _ = _kaggle(tmp_path)
-  assert prepare.main(["rsna_ich", "--raw", str(raw), "--out", str(tmp_path / "prepared"), "--size", "16"]) == 0
-  config = load("fedirm_ich", "runlocal")
-  config.data.root = str(tmp_path / "prepared")
-  config.data.eval_split, config.eval.select_on = "train", ""  # five slices: every split but train may be empty
-  config.partition.num_clients, config.partition.labeled_clients = 2, (0,)
-  config.client.batch_size = 2
-  summary = train.run(config, str(tmp_path / "run"))
-  assert summary["rounds"] == 2 and 0.0 <= summary["eval"]["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize("name, arg, algorithm", [("fedavg", None, "fedavg"), ("fedirm", "fedirm", "fedirm"),

@@ -100,14 +100,13 @@ def test_fedirm_ich_config_trains_on_prepared_dicom(tmp_path):
 
   raw, _ = _kaggle(tmp_path)
   assert prepare.main(["rsna_ich", "--raw", str(raw), "--out", str(tmp_path / "prepared"), "--size", "16"]) == 0
-  config = fedirm_ich.get_config()
+  config = fedirm_ich.get_config("runlocal")  # 2 rounds, warm-up 1: the unlabeled client trains in round 1
   config.data.root = str(tmp_path / "prepared")
   config.data.eval_split = "train"  # five slices: every split but train may be empty
   config.eval.select_on = ""  # so no best-on-val selection either
   config.partition.num_clients, config.partition.labeled_clients = 2, (0,)
   config.model.name, config.model.kwargs = "small_cnn", {"widths": (4,), "dense": 8, "dropout": 0.2}
-  config.client.batch_size, config.client.local_steps = 2, 1
-  config.num_rounds, config.algorithm.warmup_rounds = 2, 1
-  config.execution.strategy, config.log.progress, config.log.tensorboard = "sequential", False, False
+  config.client.batch_size = 2
+  assert (config.num_rounds, config.algorithm.warmup_rounds, config.client.local_steps) == (2, 1, 1)
   summary = train.run(config, str(tmp_path / "run"))
   assert summary["rounds"] == 2 and 0.0 <= summary["eval"]["accuracy"] <= 1.0
