@@ -3,7 +3,7 @@
   python main.py --config configs/fcl_acdc.py --workdir runs/fcl_pre           # FCL (feature exchange)
   python main.py --config configs/fcl_acdc.py:local --workdir runs/local_pre   # local CL, no exchange, FedAvg
   python main.py --config configs/fcl_acdc.py:simclr --workdir runs/simclr_pre # FedSimCLR (instance InfoNCE)
-  python main.py --config configs/fcl_acdc.py:fcl,long --workdir runs/fcl_pre_long  # 64x64, 100 rounds (issue 21)
+  python main.py --config configs/fcl_acdc.py:fcl,long --workdir runs/fcl_pre_long  # 64x64, 100 rounds
   python main.py --config configs/fcl_acdc.py:mode=simclr,runlocal --workdir /tmp/x  # 2 tiny rounds (a smoke test)
 then fine-tune with configs/fcl_finetune_acdc.py (``--config.model.init_encoder=runs/fcl_pre``).
 The argument (docs/running.md): ``mode`` = fcl | local | simclr, the flags ``table``, ``long`` or ``full`` (the scale)
@@ -37,7 +37,7 @@ def fcl_algorithm() -> ml_collections.ConfigDict:
   algo.loss = "fcl"  # fcl | simclr
   algo.temperature = 0.1  # PCL's --temp 0.1 (the FCL paper's value is not known)
   # Momentum-encoder EMA theta_k <- m theta_k + (1 - m) theta_q after every local step (GUESS: MoCo-typical; the
-  # paper's m is not known). Issue 21: at 0.99 with 8 local steps a round, a round leaves the momentum encoder 92 %
+  # paper's m is not known). Measured: at 0.99 with 8 local steps a round, a round leaves the momentum encoder 92 %
   # (0.99**8) what it was before the round, so it lags the global model; try 0.9 or momentum_resync=True.
   algo.momentum = 0.99
   # False: the momentum encoder stays on the client and is never re-synced. FCL's code is not released (methods.md
@@ -97,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.every = 5
   if scale in ("table", "long"):  # docs/results/fcl_acdc.md: sized so that the whole table fits ~2 h of a 2-core CPU
     config.data.downsample = 2  # 64 x 64 slices
-  if scale == "long":  # issue 21: the ,table pre-training x 5 (800 local steps per client), same model and data;
+  if scale == "long":  # the ,table pre-training x 5 (800 local steps per client), same model and data;
     # ~5x its cost: FCL ~20 min, local CL ~16 min, FedSimCLR ~38 min of this 2-core CPU (20 rounds took 239 / 194 /
     # 455 s, docs/results/fcl_acdc.md). Fine-tune its encoders with configs/fcl_finetune_acdc.py:N,table.
     config.num_rounds = 100

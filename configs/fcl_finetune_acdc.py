@@ -4,7 +4,7 @@
       --workdir runs/ft_fcl_n1                                   # encoder from FCL pre-training, N = 1
   python main.py --config configs/fcl_finetune_acdc.py:1 --workdir runs/ft_random_n1   # random initialisation
   python main.py --config configs/fcl_finetune_acdc.py:1,table,staged --config.model.init_encoder=runs/fcl_pre \\
-      --workdir runs/ft_fcl_n1_staged     # decoder only first, then everything at a lower lr (issue 21)
+      --workdir runs/ft_fcl_n1_staged     # decoder only first, then everything at a lower lr
   python main.py --config configs/fcl_finetune_acdc.py:labeled_patients=2,staged,runlocal --workdir /tmp/x  # smoke
 
 The argument (docs/running.md) is N = ``labeled_patients``, the labeled patients per client (the issue's N in
@@ -18,7 +18,7 @@ Flags after N: ``runlocal`` (a seconds-long check of the config; the pre-trainin
 ``configs/fcl_acdc.py:runlocal``), ``table`` (the CPU protocol of docs/results/fcl_acdc.md) and ``staged``: the
 encoder's weights stay fixed for the first half of the rounds (the fresh decoder learns on the frozen encoder), then
 every weight trains at ``client.after_unfreeze_lr_scale`` x the learning rate, with persistent client optimizer state
-(issue 21: plain fine-tuning moved the encoder 2-4x farther than pre-training had). The same schedule applies to
+(measured: plain fine-tuning moved the encoder 2-4x farther than pre-training had). The same schedule applies to
 every initialisation, random included, so the comparison stays paired.
 
 The frozen-encoder probe ``python -m fedjax_med.probe --encoder PRE --config configs/fcl_finetune_acdc.py:1,table``

@@ -7,7 +7,7 @@
 The argument (docs/running.md): ``mode`` (below) and the flag ``runlocal``.
 
 10 clients (iid over patients), 2 labeled (20 %), 8 unlabeled; a small CNN with head dropout.
-Modes (the baselines of issue 3, same runner, budget and seeds):
+Modes (FedIRM and its baselines, same runner, budget and seeds):
   fedirm       relation matching + mean-teacher consistency on the unlabeled clients
   lower        FedAvg of the 2 labeled clients alone (the unlabeled clients never train)
   upper        every client labeled (FedAvg, same supervised loss)

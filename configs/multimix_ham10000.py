@@ -27,8 +27,9 @@ the lesion images; scored on its test split) while segmentation stays on HAM1000
 (centralised only).
 ``,table`` is the CPU protocol of docs/results/multimix_ham10000.md: 32x32 images, half the widths and 4 levels
 (the page's runs had 5; see the comment below), 40 rounds at Adam 1e-3, the rest as above.
-``,claim`` is issue 21's classification claim: ``,pneumonia,table`` (PneumoniaMNIST, the paper's binary task, as
-the classification streams; HAM10000 masks for segmentation) with a single evaluation at the end. Three seeds of
+``,claim`` is the classification claim of docs/results/multimix_ham10000.md: ``,pneumonia,table`` (PneumoniaMNIST,
+the paper's binary task, as the classification streams; HAM10000 masks for segmentation) with a single evaluation
+at the end. Three seeds of
 ``enc`` and ``multimix`` at the lowest budget, paired by seed (the same labels and masks per seed), one run at a
 time, take about 20 minutes on a 2-core CPU (measured while it was shared: multimix ~45 s to compile and ~5 s a
 round of 20 steps; enc about a seventh of that); the alignment switch on multimix adds ~14, ``unet`` (the Dice
@@ -104,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.task.name = "multitask"
   config.task.threshold = 0.7  # official FixMatch confidence
-  # ours (issue 21; False = the official code): ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020) of
+  # ours (False = the official code): ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020) of
   # the pseudo-labels: weak-view probabilities x labeled class prior / running mean of the unlabeled predictions,
   # renormalised, before the argmax and the threshold (losses/multitask.py)
   config.task.distribution_alignment = False
@@ -118,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.name = "multimix"
   config.model.kwargs = ml_collections.ConfigDict(dict(widths=(16, 32, 64, 128, 256), dropout=0.25,
                                                        use_saliency=True))  # official: 5 levels at 256x256
-  config.model.min_deepest_size = 4  # ours: fewer pixels a side at the deepest level is an error (issue 21; 0 = off)
+  config.model.min_deepest_size = 4  # ours: fewer pixels a side at the deepest level is an error (0 = off)
   config.client.optimizer = "adam"
   config.client.learning_rate = 1e-4  # official Adam 1e-4 (its StepLR decays to ~0 by epoch 40)
   config.client.batch_size = 10  # official: 10 per stream
@@ -136,13 +137,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.downsample = 2  # 32x32
     # 4 levels, half the widths: the deepest map stays 4x4 (and the bridge joins at 8x8). With 5 levels it was 2x2
     # and instance norm over 4 pixels left every classifier feature in [0.58, 1.73]; 4 levels gave macro AUROC 0.815
-    # against 0.776 (issue 21). docs/results/multimix_ham10000.md was run with 5 levels, (8, 16, 32, 64, 128).
+    # against 0.776. docs/results/multimix_ham10000.md was run with 5 levels, (8, 16, 32, 64, 128).
     config.model.kwargs.widths = (8, 16, 32, 64)
     config.num_rounds = 40  # 800 centralised steps
     config.client.learning_rate = 1e-3  # the short schedule: at 1e-4 the classifier is still at the majority class
     config.eval.every = 20
     config.eval.pad_multiple = 16
-  if "claim" in flags:  # issue 21's classification claim: the ,pneumonia,table protocol, scored once at the end
+  if "claim" in flags:  # the classification claim: the ,pneumonia,table protocol, scored once at the end
     config.eval.every = config.num_rounds  # one evaluation (the table's extra one at round 20 costs CPU, not data)
     config.checkpoint.every = config.num_rounds
   apply_mode(config, args.mode)
