@@ -3,7 +3,7 @@ from fedjax_med import label_stats
 
 def test_boxes_label_mostly_background_on_acdc(data_root, monkeypatch, capsys):
   monkeypatch.setenv("FEDJAX_MED_DATA", data_root)
-  assert label_stats.main(["--config", "configs/fedicra_acdc.py:fedicra,table", "--seeds", "0"]) == 0
+  assert label_stats.main(["--config", "configs/fedicra_acdc.py:fedicra,table,runlocal", "--seeds", "0"]) == 0
   lines = capsys.readouterr().out.splitlines()
   rows = {line.split(" | ")[1]: line for line in lines[2:]}
   assert sorted(rows) == ["DCM", "HCM", "MINF", "NOR", "RV"]
