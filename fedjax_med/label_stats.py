@@ -50,14 +50,10 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m fedjax_med.label_stats", description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0])
   args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  from fedjax_med import cli
-  from fedjax_med.probe import parse_config
+  from fedjax_med.probe import config_or_error
 
-  try:
-    config = parse_config(rest)
-    config.keys()  # a config file that failed to load only raises when first used
-  except Exception as e:  # absl and ml_collections raise several types for a bad --config or override
-    print(f"error: {cli.describe_flag_error(rest, e)}", file=sys.stderr)
+  config = config_or_error(rest)
+  if config is None:
     return 2
   try:
     rows = [row for seed in args.seeds for row in client_coverage(config, seed)]

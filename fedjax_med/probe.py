@@ -192,6 +192,19 @@ def parse_config(argv: list[str]) -> ml_collections.ConfigDict:
   return flag_values.config
 
 
+def config_or_error(rest: list[str]) -> ml_collections.ConfigDict | None:
+  """``parse_config(rest)``, or None after printing its one ``error:`` line (for the modules' ``main``)."""
+  from fedjax_med import cli
+
+  try:
+    config = parse_config(rest)
+    config.keys()  # a config file that failed to load only raises when first used
+  except Exception as e:  # absl and ml_collections raise several types for a bad --config or override
+    print(f"error: {cli.describe_flag_error(rest, e)}", file=sys.stderr)
+    return None
+  return config
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m fedjax_med.probe", description=__doc__.splitlines()[0])
   parser.add_argument("--encoder", required=True, help="pre-training workdir (global_variables.msgpack)")
@@ -202,13 +215,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--lr", type=float, default=5e-2, help="Adam learning rate of the head")
   parser.add_argument("--out", default="", help="write every seed's reports and the paired difference as JSON")
   args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  from fedjax_med import cli
-
-  try:
-    config = parse_config(rest)
-    config.keys()  # a config file that failed to load only raises when first used
-  except Exception as e:  # absl and ml_collections raise several types for a bad --config or override
-    print(f"error: {cli.describe_flag_error(rest, e)}", file=sys.stderr)
+  config = config_or_error(rest)
+  if config is None:
     return 2
   try:
     per_seed = {s: probe_seed(config, args.encoder, args.baseline, s, steps=args.steps, batch_size=args.batch_size,
