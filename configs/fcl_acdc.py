@@ -4,17 +4,20 @@
   python main.py --config configs/fcl_acdc.py:local --workdir runs/local_pre   # local CL, no exchange, FedAvg
   python main.py --config configs/fcl_acdc.py:simclr --workdir runs/simclr_pre # FedSimCLR (instance InfoNCE)
   python main.py --config configs/fcl_acdc.py:fcl,long --workdir runs/fcl_pre_long  # 64x64, 100 rounds
+  python main.py --config configs/fcl_acdc.py:fcl,long,sites --workdir runs/fcl_pre_sites  # non-iid: 5 sites
   python main.py --config configs/fcl_acdc.py:mode=simclr,runlocal --workdir /tmp/x  # 2 tiny rounds (a smoke test)
 then fine-tune with configs/fcl_finetune_acdc.py (``--config.model.init_encoder=runs/fcl_pre``).
-The argument (docs/running.md): ``mode`` = fcl | local | simclr, the flags ``table``, ``long`` or ``full`` (the scale)
-and ``runlocal``.
+The argument (docs/running.md): ``mode`` = fcl | local | simclr, the flags ``table``, ``long`` or ``full`` (the scale),
+``sites`` (the non-iid split below) and ``runlocal``.
 
 Data: the compact ``$FEDJAX_MED_DATA/acdc/acdc_slices_128.npz`` (200 ED/ES volumes of 100 patients at 128x128;
 volumes rebuilt from the slice rows) or ACDC prepared from its NIfTI download with
 ``python -m fedjax_med.data.prepare acdc --raw DIR --out prepared/acdc`` (then ``--config.data.root=...``).
 The 80 training patients (16 per pathology group; 20 held out for testing, split by patient, seeded) go to
-10 clients iid over patients, 8 patients = 16 volumes each. The paper splits all 100 patients over the 10
-clients; holding out the test patients keeps the fine-tuning evaluation on patients never seen in pre-training.
+10 clients iid over patients, 8 patients = 16 volumes each; with ``sites``, 5 clients, one per pathology group
+(DCM, HCM, MINF, NOR, RV: 16 patients = 32 volumes each), so that sites differ in anatomy. The paper splits all
+100 patients over the 10 clients; holding out the test patients keeps the fine-tuning evaluation on patients never
+seen in pre-training.
 Only ED and ES frames are in the compact file (the paper and PCL also use the other cine frames).
 
 Evaluation during pre-training: ``partition_top1``, the fraction of held-out slices whose nearest
@@ -28,6 +31,7 @@ import ml_collections
 from configs import common, fedavg
 
 MODES = ("fcl", "local", "simclr")
+SITES = ("DCM", "HCM", "MINF", "NOR", "RV")  # the ACDC pathology groups (the compact file's site column)
 
 
 def fcl_algorithm() -> ml_collections.ConfigDict:
@@ -64,7 +68,7 @@ def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.C
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   where = "configs/fcl_acdc.py"
-  args = common.parse_arg(arg, where, mode=MODES, table=False, long=False, full=False, runlocal=False)
+  args = common.parse_arg(arg, where, mode=MODES, table=False, long=False, full=False, sites=False, runlocal=False)
   scale = common.one_scale(args, where, "table", "long", "full")
   config = fedavg.get_config()
   config.num_rounds = 20
@@ -109,6 +113,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.client.batch_size = 8
     config.algorithm.bank_size = 1024
     config.algorithm.exchange_size = 512
+  if args.sites:  # non-iid: the FCL paper's clients are different hospitals; ACDC's groups differ in anatomy
+    config.partition.method = "column"
+    config.partition.column = "site"
+    config.partition.clients = SITES
+    config.partition.num_clients = len(SITES)
   apply_mode(config, args.mode)
   if args.runlocal:  # 2 rounds: the second trains on the features exchanged in the first
     common.apply_runlocal(config, rounds=2, batch_size=2)

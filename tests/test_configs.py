@@ -38,7 +38,7 @@ def shipped_variants() -> dict[str, list]:
       "fedirm": list(fedirm.MODES),
       "fedirm_ham10000": scaled(fedirm.MODES, fedirm_ham10000.SCALES),
       "fedirm_ich": scaled(fedirm.MODES, fedirm_ham10000.SCALES),
-      "fcl_acdc": scaled(fcl_acdc.MODES, ("", "table", "long", "full")),
+      "fcl_acdc": [*scaled(fcl_acdc.MODES, ("", "table", "long", "full")), "fcl,long,sites", "local,long,sites"],
       "fcl_finetune_acdc": [",".join((n, *o)) for n in ("1", "2", "4") for k in range(3)
                             for o in itertools.combinations(fcl_finetune_acdc.OPTIONS, k)],
       "fedicra_acdc": scaled(fedicra_acdc.MODES, ("", "table")),
@@ -187,7 +187,8 @@ def test_a_bad_config_argument_is_one_error_line():
 # - fedirm lower / meanteacher are fedirm with terms switched off, upper is FedAvg over labeled clients; zero_update,
 #   fixmatch and official run (two rounds each) in tests/algorithms/test_fedirm.py; fedirm_ham10000's modes are
 #   fedirm.py's, on other data;
-# - fcl_acdc local / simclr run (two rounds each) in tests/algorithms/test_fcl.py; fcl here;
+# - fcl_acdc local / simclr run (two rounds each, iid clients) in tests/algorithms/test_fcl.py; fcl over the
+#   five sites here;
 # - fcl_finetune_acdc N without staged = round 1 of staged (every weight training);
 # - fedicra_acdc fedavg_pce = fedavg_crf without the CRF term; fedbn, local and full run per site in
 #   tests/algorithms/test_fedicra.py;
@@ -202,7 +203,7 @@ RUNLOCAL = [
     ("fedavg_ham10000_dp", "runlocal"),
     ("fedirm", "fedirm,runlocal"),
     ("fedirm_ham10000", "runlocal"),
-    ("fcl_acdc", "fcl,runlocal"),
+    ("fcl_acdc", "fcl,sites,runlocal"),
     ("fcl_finetune_acdc", "2,staged,runlocal"),
     *[("fedicra_acdc", f"{mode},runlocal") for mode in ("fedicra", "fedavg_crf")],
     ("multimix_ham10000", "multimix,fed,runlocal"),
@@ -312,3 +313,16 @@ def test_an_unread_key_stops_main_with_one_error_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: config.algorithm has keys that algorithm 'fedirm' does not read: ['prox_mu']")
   assert len(err.splitlines()) == 1 and not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_fcl_sites_flag_gives_each_pathology_group_its_own_client(data_root, monkeypatch):
+  import numpy as np
+
+  from configs import fcl_acdc
+  from fedjax_med import experiment
+
+  monkeypatch.setenv("FEDJAX_MED_DATA", data_root)
+  exp = experiment.build(load("fcl_acdc", "fcl,sites,runlocal"))
+  sites = [np.unique(d.arrays["site"]).tolist() for d in exp.client_datasets]
+  assert sites == [[s] for s in fcl_acdc.SITES]
+  assert [len(np.unique(d.arrays["group"])) for d in exp.client_datasets] == [16] * 5  # training patients per group
