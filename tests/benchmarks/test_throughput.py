@@ -17,8 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_smoke_run_writes_a_complete_report(tmp_path):
-  pytest.importorskip("flwr")
-  contenders = ["jax:auto", "jax:sequential", "torch", "flower"]
+  # jax:sequential and torch only: the Flower contender (Ray's start-up, ~80 s of this test's 110 s on a quiet
+  # machine) is tests/benchmarks/test_flower_sim.py's, and jax:auto's measured pick is tests/test_train.py's
+  contenders = ["jax:sequential", "torch"]
   command = [sys.executable, "-m", "benchmarks.throughput", "--workload", "scaling", "--smoke", "--clients", "2",
              "--rounds", "2", "--out", str(tmp_path), "--timeout", "300", "--contenders", *contenders]
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -28,15 +29,14 @@ def test_smoke_run_writes_a_complete_report(tmp_path):
   assert result["compilation_cache"] == {"dir_given": False, "entries_at_start": 0}
   rows = result["runs"]["2"]
   assert list(rows) == contenders
-  for name, row in rows.items():
+  for row in rows.values():
     assert len(row["rounds_s"]) == 2 and all(t > 0 for t in row["rounds_s"])
     assert row["s_per_round"] > 0 and row["images_per_s"] > 0 and row["first_round_s"] > 0
     assert row["peak_rss_mb"] > 50  # a Python process with a framework loaded
-    if name.startswith("jax:"):
-      assert row["info"]["flops_per_round"] > 0 and 0 < row["fraction_of_peak"]
-      assert set(row["speedup"]) == {"torch", "flower"}
-  assert rows["jax:auto"]["info"]["strategy"] in ("sequential", "stepwise")
-  assert rows["flower"]["info"]["framework"].startswith("flwr")
+  jax_row = rows["jax:sequential"]
+  assert jax_row["info"]["flops_per_round"] > 0 and 0 < jax_row["fraction_of_peak"]
+  assert set(jax_row["speedup"]) == {"torch"}
+  assert jax_row["info"]["strategy"] == "sequential"
   table = (tmp_path / "scaling_smoke.md").read_text()
   assert all(f"| {name}" in table for name in contenders)
 
