@@ -87,6 +87,7 @@ class Hyper:
   persist_optimizer: bool = True  # clients keep their optimizer state across rounds (as the official code)
   unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp | balanced | additive; see server_update
   unlabeled_update: str = "train"  # train | zero: the dilution control, see unlabeled_cohort
+  drm_prior_adjust: bool = False  # ours: both DRMs from logits minus the labeled log class prior (prior_adjusted)
 
   def __post_init__(self):
     for name, value, allowed in (("unlabeled_loss", self.unlabeled_loss, UNLABELED_LOSSES),
@@ -181,6 +182,26 @@ def _drm_stats(logits: jax.Array, onehot: jax.Array, hp: Hyper) -> tuple[jax.Arr
   return drm, jnp.ones(hp.num_classes)  # official: the per-batch matrices are averaged, absent classes included
 
 
+def log_prior(extra: Mapping[str, jax.Array], hp: Hyper) -> jax.Array:
+  """``[C]``: the log class prior of the labeled clients' labels so far (add-one smoothed), or zeros when
+  ``hp.drm_prior_adjust`` is off or no label was counted yet."""
+  if not hp.drm_prior_adjust:
+    return jnp.zeros(hp.num_classes)
+  counts = extra["class_counts"]
+  prior = jnp.log((counts + 1.0) / (jnp.sum(counts) + hp.num_classes))
+  return jnp.where(jnp.sum(counts) > 0, prior, 0.0)
+
+
+def prior_adjusted(logits: jax.Array, prior: jax.Array) -> jax.Array:
+  """Logits minus the log class prior ``[C]`` (logit adjustment, Menon et al., ICLR 2021, "Long-tail learning via
+  logit adjustment"): a relation matrix of these measures how classes resemble each other rather than how common
+  each is. Ours, not FedIRM's: with a random-init model trained on few, imbalanced labels the plain DRM has the
+  majority class as every row's arg-max (docs/results/fedirm_ham10000.md), and matching it pulls every unlabeled
+  prediction to that class. The gradient of a DRM built from these equals one from the raw logits plus a constant,
+  so the model itself is not re-weighted."""
+  return logits - prior
+
+
 def _drm_from_stats(total: jax.Array, weight: jax.Array, num_classes: int) -> jax.Array:
   uniform = jnp.full_like(total, 1.0 / num_classes)
   return jnp.where(weight[:, None] > 0, total / jnp.maximum(weight[:, None], 1e-8), uniform)
@@ -200,7 +221,8 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
     opt_state = client_state["opt_state"] if hp.persist_optimizer else tx.init(params)
     scale = jnp.where(server_state.round >= hp.warmup_rounds, hp.labeled_lr_scale_after_warmup, 1.0)
     return {"params": params, "state": state, "opt_state": opt_state, "lr_scale": scale,
-            "drm_sum": jnp.zeros((num_classes, num_classes)), "drm_weight": jnp.zeros(num_classes)}
+            "drm_sum": jnp.zeros((num_classes, num_classes)), "drm_weight": jnp.zeros(num_classes),
+            "prior": log_prior(server_state.extra, hp), "class_counts": jnp.zeros(num_classes)}
 
   def loss_fn(params, state, batch, rng):
     out1, out2, state = _forward_pair(model, params, state, batch, rng)
@@ -217,17 +239,22 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
     updates, opt_state = tx.update(grads, local["opt_state"], local["params"])
     updates = jax.tree.map(lambda u: u * local["lr_scale"], updates)  # Adam's step is linear in its lr
     onehot = jax.nn.one_hot(batch["labels"], num_classes) * (batch["labels"] >= 0)[:, None]
-    drm_sum, drm_weight = _drm_stats(jax.lax.stop_gradient(logits), onehot, hp)
+    adjusted = prior_adjusted(jax.lax.stop_gradient(logits), local["prior"])
+    drm_sum, drm_weight = _drm_stats(adjusted, onehot, hp)
     return {**local, "params": optax.apply_updates(local["params"], updates), "state": state,
             "opt_state": opt_state, "drm_sum": local["drm_sum"] + drm_sum,
-            "drm_weight": local["drm_weight"] + drm_weight}, metrics
+            "drm_weight": local["drm_weight"] + drm_weight,
+            "class_counts": local["class_counts"] + jnp.sum(onehot, axis=0)}, metrics
 
   def finish(server_state: ServerState, client_state, local):
     delta = model_delta(server_state, local)
     drm = _drm_from_stats(local["drm_sum"], local["drm_weight"], num_classes)
     row_weight = local["drm_weight"] if hp.drm_mode == "average_probabilities" else jnp.ones(num_classes)
     new_state = {"opt_state": local["opt_state"]} if hp.persist_optimizer else {}
-    return new_state, {"delta": delta, "drm": drm, "drm_weight": row_weight}, {}
+    message = {"delta": delta, "drm": drm, "drm_weight": row_weight}
+    if hp.drm_prior_adjust:  # the server's running class prior (counts only: no image or label leaves the site)
+      message["class_counts"] = local["class_counts"]
+    return new_state, message, {}
 
   return CohortSpec(client_init, start, step, finish)
 
@@ -252,7 +279,8 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
     local = {"params": params, "state": state,
              "opt_state": client_state["opt_state"] if hp.persist_optimizer else tx.init(params),
              "ramp": relation.sigmoid_rampup(server_state.round - hp.ramp_origin, hp.rampup_rounds),
-             "target": server_state.extra["drm"], "target_ready": server_state.extra["drm_ready"]}
+             "target": server_state.extra["drm"], "target_ready": server_state.extra["drm_ready"],
+             "prior": log_prior(server_state.extra, hp)}
     if uses_teacher:
       if hp.teacher_sync == "round":
         teacher = params
@@ -276,7 +304,8 @@ def unlabeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyp
       entropy = mc_dropout_entropy(model, params, features, k_mc, hp.mc_passes)
       keep = kept_samples(jax.lax.stop_gradient(probs), entropy, hp)
       onehot = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes) * keep[:, None]
-      local_drm, counts = relation.relation_matrix(logits, onehot, hp.temperature, hp.drm_mode)
+      local_drm, counts = relation.relation_matrix(prior_adjusted(logits, local["prior"]), onehot, hp.temperature,
+                                                   hp.drm_mode)
       # Rows of classes with no kept sample are constants (uniform); the official code averages them in.
       rows = (counts > 0).astype(jnp.float32) if hp.drm_mode == "average_probabilities" else None
       irm = relation.symmetric_kl(local["target"], local_drm, row_weights=rows) * local["target_ready"]
@@ -394,7 +423,10 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
 
   def init(variables, rng) -> ServerState:
     uniform = jnp.full((hp.num_classes, hp.num_classes), 1.0 / hp.num_classes)
-    return initial_server_state(variables, rng, server_tx, {"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)})
+    extra = {"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)}
+    if hp.drm_prior_adjust:
+      extra["class_counts"] = jnp.zeros(hp.num_classes)
+    return initial_server_state(variables, rng, server_tx, extra)
 
   def server_update(state: ServerState, results: Mapping[str, ClientResults]):
     if "unlabeled" in results and hp.unlabeled_aggregation != "count":
@@ -408,7 +440,11 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
     extra = state.extra
     if "labeled" in results:
       drm, any_row = aggregate_drm(extra["drm"], results["labeled"])
-      extra = {"drm": drm, "drm_ready": jnp.maximum(extra["drm_ready"], any_row.astype(jnp.float32))}
+      extra = {**extra, "drm": drm, "drm_ready": jnp.maximum(extra["drm_ready"], any_row.astype(jnp.float32))}
+      if hp.drm_prior_adjust:
+        labeled = results["labeled"]
+        counted = (labeled.weights > 0)[:, None] * labeled.messages["class_counts"]
+        extra["class_counts"] = extra["class_counts"] + jnp.sum(counted, axis=0)
       metrics = {**metrics, "drm_diagonal": jnp.mean(jnp.diagonal(drm)), "drm": drm}
     return new_state.replace(extra=extra), metrics
 

@@ -342,3 +342,38 @@ def test_zero_update_dilutes_the_labeled_updates_exactly_as_fedirm():
   assert set(report.metrics["unlabeled"]) == {"local_steps"}  # the engine's count alone: no loss was computed
   for got, old, mean in zip(jax.tree.leaves(new.params), jax.tree.leaves(server.params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, old + mean / total, rtol=1e-5, atol=1e-7)  # server SGD with learning rate 1
+
+
+def test_log_prior_is_the_smoothed_label_frequency_and_zero_before_any_label():
+  hp = fedirm.Hyper(num_classes=3, drm_prior_adjust=True)
+  np.testing.assert_array_equal(fedirm.log_prior({"class_counts": jnp.zeros(3)}, hp), np.zeros(3))
+  got = fedirm.log_prior({"class_counts": jnp.array([5.0, 1.0, 0.0])}, hp)
+  np.testing.assert_allclose(got, np.log([6 / 9, 2 / 9, 1 / 9]), rtol=1e-6)  # (n_c + 1) / (N + C)
+  off = fedirm.Hyper(num_classes=3)
+  np.testing.assert_array_equal(fedirm.log_prior({"class_counts": jnp.array([5.0, 1.0, 0.0])}, off), np.zeros(3))
+  logits = jnp.array([[2.0, 0.0, 0.0]])
+  np.testing.assert_allclose(fedirm.prior_adjusted(logits, got), logits - np.log([6 / 9, 2 / 9, 1 / 9]), rtol=1e-6)
+
+
+def test_prior_adjusted_drm_counts_the_labels_and_changes_only_later_targets():
+  """Round 1 (warm-up): no labels counted yet, so the prior is flat and the DRM equals the plain one; the server
+  then holds the labeled clients' label counts. Round 2: the DRM is built from adjusted logits and differs."""
+  after = {}
+  for adjust in (False, True):
+    config = tiny_fedirm_config(drm_prior_adjust=adjust)
+    exp = experiment.build(config)
+    server, states = experiment.initial_state(exp)
+    runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+                                   weighting="num_examples")
+    after[adjust] = []
+    for r in range(2):
+      server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
+      after[adjust].append(server.extra)
+  np.testing.assert_array_equal(after[True][0]["drm"], after[False][0]["drm"])
+  assert "class_counts" not in after[False][0]
+  steps = config.client.local_steps * config.client.batch_size  # labeled rows each labeled client draws a round
+  counts = [np.asarray(extra["class_counts"]) for extra in after[True]]
+  assert counts[0].sum() == 2 * steps and counts[1].sum() == 4 * steps and counts[0].min() >= 0
+  labels = np.concatenate([np.asarray(x) for x in exp.data["labeled"].arrays["labels"]])
+  assert set(np.nonzero(counts[1])[0]) <= set(labels[labels >= 0].tolist())
+  assert float(np.max(np.abs(np.asarray(after[True][1]["drm"]) - np.asarray(after[False][1]["drm"])))) > 1e-4
