@@ -77,10 +77,11 @@ def fedirm_algorithm(warmup_rounds: int, rampup_rounds: float) -> ml_collections
   algo.unlabeled_aggregation = "count"
   # train | zero: the unlabeled clients send zero updates (weight unchanged): the dilution control, mode zero_update
   algo.unlabeled_update = "train"
-  # Ours, off in the paper and the official code: both relation matrices from logits minus the labeled clients' log
-  # class prior (fedjax_med.algorithms.fedirm.prior_adjusted), so that a majority-biased labeled model does not
-  # make the majority class every row's arg-max of the target (docs/results/fedirm_ham10000.md)
-  algo.drm_prior_adjust = False
+  # none (the paper and the official code) | labels | predictions (ours): both relation matrices from logits minus
+  # the log of the labeled clients' label frequencies or of their model's mean prediction in the last round
+  # (fedjax_med.algorithms.fedirm.prior_adjusted), so that a majority-biased labeled model does not make the
+  # majority class every row's arg-max of the target (docs/results/fedirm_ham10000.md)
+  algo.drm_prior = "none"
   algo.fixmatch_threshold = 0.95  # FedFixMatch baseline only
   algo.fixmatch_weight = 1.0
   return algo

@@ -55,6 +55,7 @@ from fedjax_med.losses.multitask import fixmatch_loss
 UNLABELED_LOSSES = ("relation", "consistency", "fixmatch", "none")
 TEACHER_SYNCS = ("round", "never")
 UNLABELED_UPDATES = ("train", "zero")
+DRM_PRIORS = ("none", "labels", "predictions")
 UNLABELED_AGGREGATIONS = ("count", "ramp", "balanced", "additive")
 COHORTS = ("labeled", "unlabeled")
 
@@ -87,14 +88,15 @@ class Hyper:
   persist_optimizer: bool = True  # clients keep their optimizer state across rounds (as the official code)
   unlabeled_aggregation: str = "count"  # count (FedAvg weights) | ramp | balanced | additive; see server_update
   unlabeled_update: str = "train"  # train | zero: the dilution control, see unlabeled_cohort
-  drm_prior_adjust: bool = False  # ours: both DRMs from logits minus the labeled log class prior (prior_adjusted)
+  drm_prior: str = "none"  # ours: none | labels | predictions: both DRMs from logits minus a log prior (log_prior)
 
   def __post_init__(self):
     for name, value, allowed in (("unlabeled_loss", self.unlabeled_loss, UNLABELED_LOSSES),
                                  ("teacher_sync", self.teacher_sync, TEACHER_SYNCS),
                                  ("drm_mode", self.drm_mode, relation.DRM_MODES),
                                  ("unlabeled_aggregation", self.unlabeled_aggregation, UNLABELED_AGGREGATIONS),
-                                 ("unlabeled_update", self.unlabeled_update, UNLABELED_UPDATES)):
+                                 ("unlabeled_update", self.unlabeled_update, UNLABELED_UPDATES),
+                                 ("drm_prior", self.drm_prior, DRM_PRIORS)):
       if value not in allowed:
         raise ValueError(f"config.algorithm.{name}={value!r} is not allowed; allowed: {list(allowed)}")
     if self.mc_passes < 1 and self.unlabeled_loss == "relation":
@@ -183,22 +185,30 @@ def _drm_stats(logits: jax.Array, onehot: jax.Array, hp: Hyper) -> tuple[jax.Arr
 
 
 def log_prior(extra: Mapping[str, jax.Array], hp: Hyper) -> jax.Array:
-  """``[C]``: the log class prior of the labeled clients' labels so far (add-one smoothed), or zeros when
-  ``hp.drm_prior_adjust`` is off or no label was counted yet."""
-  if not hp.drm_prior_adjust:
+  """``[C]``: the log prior both DRMs subtract from the logits, from the labeled clients' last round (add-one
+  smoothed): their label frequencies (``drm_prior='labels'``) or their model's mean predicted distribution on
+  those images (``'predictions'``); zeros when ``drm_prior='none'`` or before any labeled round."""
+  if hp.drm_prior == "none":
     return jnp.zeros(hp.num_classes)
-  counts = extra["class_counts"]
-  prior = jnp.log((counts + 1.0) / (jnp.sum(counts) + hp.num_classes))
-  return jnp.where(jnp.sum(counts) > 0, prior, 0.0)
+  mass = extra["prior_mass"]
+  prior = jnp.log((mass + 1.0) / (jnp.sum(mass) + hp.num_classes))
+  return jnp.where(jnp.sum(mass) > 0, prior, 0.0)
+
+
+def prior_mass(logits: jax.Array, onehot: jax.Array, hp: Hyper) -> jax.Array:
+  """``[C]``: what one labeled batch adds to the prior: label counts, or the summed softmax of its labeled rows."""
+  if hp.drm_prior == "predictions":
+    return jnp.sum(jax.nn.softmax(logits, axis=-1) * jnp.sum(onehot, axis=-1, keepdims=True), axis=0)
+  return jnp.sum(onehot, axis=0)
 
 
 def prior_adjusted(logits: jax.Array, prior: jax.Array) -> jax.Array:
-  """Logits minus the log class prior ``[C]`` (logit adjustment, Menon et al., ICLR 2021, "Long-tail learning via
+  """Logits minus a log class prior ``[C]`` (logit adjustment, Menon et al., ICLR 2021, "Long-tail learning via
   logit adjustment"): a relation matrix of these measures how classes resemble each other rather than how common
-  each is. Ours, not FedIRM's: with a random-init model trained on few, imbalanced labels the plain DRM has the
-  majority class as every row's arg-max (docs/results/fedirm_ham10000.md), and matching it pulls every unlabeled
-  prediction to that class. The gradient of a DRM built from these equals one from the raw logits plus a constant,
-  so the model itself is not re-weighted."""
+  each is, or how much the model favours each. Ours, not FedIRM's: with a random-init model trained on few,
+  imbalanced labels the plain DRM has the majority class as every row's arg-max (docs/results/fedirm_ham10000.md),
+  and matching it pulls every unlabeled prediction to that class. A DRM built from these has the gradient of one
+  from the raw logits shifted by a constant, so the model itself is not re-weighted."""
   return logits - prior
 
 
@@ -222,7 +232,7 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
     scale = jnp.where(server_state.round >= hp.warmup_rounds, hp.labeled_lr_scale_after_warmup, 1.0)
     return {"params": params, "state": state, "opt_state": opt_state, "lr_scale": scale,
             "drm_sum": jnp.zeros((num_classes, num_classes)), "drm_weight": jnp.zeros(num_classes),
-            "prior": log_prior(server_state.extra, hp), "class_counts": jnp.zeros(num_classes)}
+            "prior": log_prior(server_state.extra, hp), "prior_mass": jnp.zeros(num_classes)}
 
   def loss_fn(params, state, batch, rng):
     out1, out2, state = _forward_pair(model, params, state, batch, rng)
@@ -244,7 +254,7 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
     return {**local, "params": optax.apply_updates(local["params"], updates), "state": state,
             "opt_state": opt_state, "drm_sum": local["drm_sum"] + drm_sum,
             "drm_weight": local["drm_weight"] + drm_weight,
-            "class_counts": local["class_counts"] + jnp.sum(onehot, axis=0)}, metrics
+            "prior_mass": local["prior_mass"] + prior_mass(jax.lax.stop_gradient(logits), onehot, hp)}, metrics
 
   def finish(server_state: ServerState, client_state, local):
     delta = model_delta(server_state, local)
@@ -252,8 +262,8 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
     row_weight = local["drm_weight"] if hp.drm_mode == "average_probabilities" else jnp.ones(num_classes)
     new_state = {"opt_state": local["opt_state"]} if hp.persist_optimizer else {}
     message = {"delta": delta, "drm": drm, "drm_weight": row_weight}
-    if hp.drm_prior_adjust:  # the server's running class prior (counts only: no image or label leaves the site)
-      message["class_counts"] = local["class_counts"]
+    if hp.drm_prior != "none":  # C numbers for the server's prior (sums over the round, no image or label)
+      message["prior_mass"] = local["prior_mass"]
     return new_state, message, {}
 
   return CohortSpec(client_init, start, step, finish)
@@ -424,8 +434,8 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
   def init(variables, rng) -> ServerState:
     uniform = jnp.full((hp.num_classes, hp.num_classes), 1.0 / hp.num_classes)
     extra = {"drm": uniform, "drm_ready": jnp.zeros((), jnp.float32)}
-    if hp.drm_prior_adjust:
-      extra["class_counts"] = jnp.zeros(hp.num_classes)
+    if hp.drm_prior != "none":
+      extra["prior_mass"] = jnp.zeros(hp.num_classes)
     return initial_server_state(variables, rng, server_tx, extra)
 
   def server_update(state: ServerState, results: Mapping[str, ClientResults]):
@@ -441,10 +451,9 @@ def fedirm(model: nn.Module, client_tx: optax.GradientTransformation, server_tx:
     if "labeled" in results:
       drm, any_row = aggregate_drm(extra["drm"], results["labeled"])
       extra = {**extra, "drm": drm, "drm_ready": jnp.maximum(extra["drm_ready"], any_row.astype(jnp.float32))}
-      if hp.drm_prior_adjust:
+      if hp.drm_prior != "none":  # the last round's labeled mass (the model's bias moves as it trains)
         labeled = results["labeled"]
-        counted = (labeled.weights > 0)[:, None] * labeled.messages["class_counts"]
-        extra["class_counts"] = extra["class_counts"] + jnp.sum(counted, axis=0)
+        extra["prior_mass"] = jnp.sum((labeled.weights > 0)[:, None] * labeled.messages["prior_mass"], axis=0)
       metrics = {**metrics, "drm_diagonal": jnp.mean(jnp.diagonal(drm)), "drm": drm}
     return new_state.replace(extra=extra), metrics
 

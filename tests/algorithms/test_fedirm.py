@@ -344,36 +344,46 @@ def test_zero_update_dilutes_the_labeled_updates_exactly_as_fedirm():
     np.testing.assert_allclose(got, old + mean / total, rtol=1e-5, atol=1e-7)  # server SGD with learning rate 1
 
 
-def test_log_prior_is_the_smoothed_label_frequency_and_zero_before_any_label():
-  hp = fedirm.Hyper(num_classes=3, drm_prior_adjust=True)
-  np.testing.assert_array_equal(fedirm.log_prior({"class_counts": jnp.zeros(3)}, hp), np.zeros(3))
-  got = fedirm.log_prior({"class_counts": jnp.array([5.0, 1.0, 0.0])}, hp)
-  np.testing.assert_allclose(got, np.log([6 / 9, 2 / 9, 1 / 9]), rtol=1e-6)  # (n_c + 1) / (N + C)
+def test_log_prior_is_the_smoothed_labeled_mass_and_zero_before_any_label():
+  hp = fedirm.Hyper(num_classes=3, drm_prior="labels")
+  np.testing.assert_array_equal(fedirm.log_prior({"prior_mass": jnp.zeros(3)}, hp), np.zeros(3))
+  got = fedirm.log_prior({"prior_mass": jnp.array([5.0, 1.0, 0.0])}, hp)
+  np.testing.assert_allclose(got, np.log([6 / 9, 2 / 9, 1 / 9]), rtol=1e-6)  # (m_c + 1) / (M + C)
   off = fedirm.Hyper(num_classes=3)
-  np.testing.assert_array_equal(fedirm.log_prior({"class_counts": jnp.array([5.0, 1.0, 0.0])}, off), np.zeros(3))
+  np.testing.assert_array_equal(fedirm.log_prior({"prior_mass": jnp.array([5.0, 1.0, 0.0])}, off), np.zeros(3))
   logits = jnp.array([[2.0, 0.0, 0.0]])
   np.testing.assert_allclose(fedirm.prior_adjusted(logits, got), logits - np.log([6 / 9, 2 / 9, 1 / 9]), rtol=1e-6)
 
 
+def test_prior_mass_counts_labels_or_sums_the_labeled_rows_predictions():
+  logits = jnp.array([[0.0, 0.0], [np.log(3.0), 0.0], [5.0, 0.0]])
+  onehot = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # the last row is unlabeled
+  labels = fedirm.prior_mass(logits, onehot, fedirm.Hyper(num_classes=2, drm_prior="labels"))
+  np.testing.assert_allclose(labels, [1.0, 1.0])
+  predictions = fedirm.prior_mass(logits, onehot, fedirm.Hyper(num_classes=2, drm_prior="predictions"))
+  np.testing.assert_allclose(predictions, [0.5 + 0.75, 0.5 + 0.25], rtol=1e-6)
+
+
 def test_prior_adjusted_drm_counts_the_labels_and_changes_only_later_targets():
-  """Round 1 (warm-up): no labels counted yet, so the prior is flat and the DRM equals the plain one; the server
-  then holds the labeled clients' label counts. Round 2: the DRM is built from adjusted logits and differs."""
-  after = {}
-  for adjust in (False, True):
-    config = tiny_fedirm_config(drm_prior_adjust=adjust)
+  """Round 1 (warm-up): nothing counted yet, so the prior is flat and the DRM equals the plain one; the server
+  then holds the labeled clients' label counts of the last round. Round 2: the DRM is built from adjusted logits
+  and differs."""
+  prior, after = "labels", {}
+  for mode in ("none", prior):
+    config = tiny_fedirm_config(drm_prior=mode)
     exp = experiment.build(config)
     server, states = experiment.initial_state(exp)
     runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
                                    weighting="num_examples")
-    after[adjust] = []
+    after[mode] = []
     for r in range(2):
       server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
-      after[adjust].append(server.extra)
-  np.testing.assert_array_equal(after[True][0]["drm"], after[False][0]["drm"])
-  assert "class_counts" not in after[False][0]
+      after[mode].append(server.extra)
+  np.testing.assert_array_equal(after[prior][0]["drm"], after["none"][0]["drm"])
+  assert "prior_mass" not in after["none"][0]
   steps = config.client.local_steps * config.client.batch_size  # labeled rows each labeled client draws a round
-  counts = [np.asarray(extra["class_counts"]) for extra in after[True]]
-  assert counts[0].sum() == 2 * steps and counts[1].sum() == 4 * steps and counts[0].min() >= 0
+  mass = [np.asarray(extra["prior_mass"]) for extra in after[prior]]
+  assert mass[0].sum() == 2 * steps and mass[1].sum() == 2 * steps and mass[0].min() >= 0  # the last round's
   labels = np.concatenate([np.asarray(x) for x in exp.data["labeled"].arrays["labels"]])
-  assert set(np.nonzero(counts[1])[0]) <= set(labels[labels >= 0].tolist())
-  assert float(np.max(np.abs(np.asarray(after[True][1]["drm"]) - np.asarray(after[False][1]["drm"])))) > 1e-4
+  assert set(np.nonzero(mass[1])[0]) <= set(labels[labels >= 0].tolist())
+  assert float(np.max(np.abs(np.asarray(after[prior][1]["drm"]) - np.asarray(after["none"][1]["drm"])))) > 1e-4
