@@ -12,6 +12,18 @@ def data_file(relative: str) -> str:
   return os.path.join(root, relative) if root else ""
 
 
+ACDC_SITES = ("DCM", "HCM", "MINF", "NOR", "RV")  # the ACDC pathology groups (the compact file's site column)
+
+
+def acdc_site_partition(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """One client per ACDC pathology group (``ACDC_SITES``): the natural non-iid split of the ACDC configs."""
+  config.partition.method = "column"
+  config.partition.column = "site"
+  config.partition.clients = ACDC_SITES
+  config.partition.num_clients = len(ACDC_SITES)
+  return config
+
+
 def apply_mode(config: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:
   """Same-budget baselines of a federated config.
 

@@ -31,7 +31,7 @@ import ml_collections
 from configs import common, fedavg
 
 MODES = ("fcl", "local", "simclr")
-SITES = ("DCM", "HCM", "MINF", "NOR", "RV")  # the ACDC pathology groups (the compact file's site column)
+SITES = common.ACDC_SITES
 
 
 def fcl_algorithm() -> ml_collections.ConfigDict:
@@ -114,10 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.algorithm.bank_size = 1024
     config.algorithm.exchange_size = 512
   if args.sites:  # non-iid: the FCL paper's clients are different hospitals; ACDC's groups differ in anatomy
-    config.partition.method = "column"
-    config.partition.column = "site"
-    config.partition.clients = SITES
-    config.partition.num_clients = len(SITES)
+    common.acdc_site_partition(config)
   apply_mode(config, args.mode)
   if args.runlocal:  # 2 rounds: the second trains on the features exchanged in the first
     common.apply_runlocal(config, rounds=2, batch_size=2)

@@ -37,7 +37,7 @@ import ml_collections
 
 from configs import common, fedavg
 
-SITES = ("DCM", "HCM", "MINF", "NOR", "RV")
+SITES = common.ACDC_SITES
 FORMS = ("real_scribble", "noisy_scribble", "point", "box", "block")
 MODES = ("fedicra", "fedavg_pce", "fedavg_crf", "fedbn", "local", "full")
 
@@ -109,10 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # sets it for the FedAvg baselines with a CRF, from config.algorithm.crf_weight
   config.task.crf_weight = 0.0
 
-  config.partition.method = "column"
-  config.partition.column = "site"
-  config.partition.clients = SITES
-  config.partition.num_clients = len(SITES)
+  common.acdc_site_partition(config)
 
   config.model.name = "unet_pcs"
   config.model.kwargs = ml_collections.ConfigDict(dict(

@@ -249,12 +249,12 @@ def labeled_cohort(model: nn.Module, tx: optax.GradientTransformation, hp: Hyper
     updates, opt_state = tx.update(grads, local["opt_state"], local["params"])
     updates = jax.tree.map(lambda u: u * local["lr_scale"], updates)  # Adam's step is linear in its lr
     onehot = jax.nn.one_hot(batch["labels"], num_classes) * (batch["labels"] >= 0)[:, None]
-    adjusted = prior_adjusted(jax.lax.stop_gradient(logits), local["prior"])
-    drm_sum, drm_weight = _drm_stats(adjusted, onehot, hp)
+    logits = jax.lax.stop_gradient(logits)
+    drm_sum, drm_weight = _drm_stats(prior_adjusted(logits, local["prior"]), onehot, hp)
     return {**local, "params": optax.apply_updates(local["params"], updates), "state": state,
             "opt_state": opt_state, "drm_sum": local["drm_sum"] + drm_sum,
             "drm_weight": local["drm_weight"] + drm_weight,
-            "prior_mass": local["prior_mass"] + prior_mass(jax.lax.stop_gradient(logits), onehot, hp)}, metrics
+            "prior_mass": local["prior_mass"] + prior_mass(logits, onehot, hp)}, metrics
 
   def finish(server_state: ServerState, client_state, local):
     delta = model_delta(server_state, local)
