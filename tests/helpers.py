@@ -30,14 +30,18 @@ def toy_client(seed: int, count: int) -> PreparedDataset:
   }, {})
 
 
-def run_rounds(config, strategy: str, rounds: int):
-  """Builds ``config``'s experiment and runs ``rounds`` rounds with ``strategy``; returns (server, client states)."""
+def run_rounds(config, strategy: str, rounds: int, unroll: int | bool = 1):
+  """Builds ``config``'s experiment and runs ``rounds`` rounds with ``strategy``; returns (server, client states).
+
+  ``unroll=1`` (a rolled local-step scan) compiles one step body instead of one per local step: the programs the
+  tests compare compile in about two thirds of the time. tests/engine/test_execution.py checks that every unroll
+  gives the same numbers."""
   from fedjax_med import experiment, train
   from fedjax_med.engine import execution
 
   exp = experiment.build(config)
   server, states = experiment.initial_state(exp)
-  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=True,
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy=strategy, unroll=unroll,
                                  weighting=config.aggregation.weighting)
   for r in range(rounds):
     server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))

@@ -215,6 +215,7 @@ def test_every_config_file_has_a_runlocal_run():
   assert {name for name, _ in RUNLOCAL} | {"fedirm_ich"} == set(shipped_variants())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, arg", RUNLOCAL)
 def test_runlocal_runs_end_to_end_on_the_real_data(name, arg, data_root, monkeypatch, tmp_path):
   import math

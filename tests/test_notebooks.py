@@ -26,6 +26,7 @@ def code_of(path: str) -> str:
   return "\n".join(code_cells(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, monkeypatch, tmp_path):
   monkeypatch.chdir(os.path.join(REPO, "notebooks"))
@@ -88,6 +89,7 @@ print(_json.dumps({"fedjax_med": _fedjax_med.__file__, "configs": _configs.__fil
 """
 
 
+@pytest.mark.slow
 def test_notebook_runs_from_an_installed_wheel(tmp_path):
   """fedirm_quickstart (the cheapest notebook) with fedjax_med and configs from a wheel installed in TMP/site and
   the repository on no path: what a Colab session has after ``%pip install``."""

@@ -93,6 +93,7 @@ def test_the_wire_carries_the_delta_and_features_only():
   assert message["features"]["features"].shape == (4, 8)  # exchange_size x projection_dim, no image
 
 
+@pytest.mark.slow
 def test_strategies_agree_with_banks_and_exchange():
   results = {}
   for strategy in ("sequential", "stepwise", "vmap"):

@@ -104,6 +104,7 @@ def _two_cohorts(task, variables):
                             base.eval_variables)
 
 
+@pytest.mark.slow
 def test_cohorts_with_different_updates_in_one_round_agree_across_strategies():
   cohorts = {"active": [0, 2], "frozen": [1]}
   results = {s: _round(s, _setup(_two_cohorts, cohorts=cohorts))[0].params for s in execution.STRATEGIES}

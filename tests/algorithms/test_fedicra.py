@@ -172,6 +172,7 @@ def test_modes_run_and_report_per_site(mode, tmp_path):
     assert (tmp_path / mode / "weak_labels.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_strategies_agree_the_site_stays_local_and_ala_weights_persist():
   config = tiny_config()
   results = {}

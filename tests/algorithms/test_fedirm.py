@@ -199,30 +199,27 @@ def test_unknown_switch_names_the_key():
 
 
 def _round_messages(config, rounds_before: int):
-  """Every client's message in round ``rounds_before + 1`` (after that many rounds)."""
+  """Every client's message in round ``rounds_before + 1`` (after that many rounds), from the per-client program
+  the sequential strategy runs (compiled once per cohort); also (runner, client states, experiment) at that point."""
   exp = experiment.build(config)
   server, states = experiment.initial_state(exp)
-  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=1,
                                  weighting="num_examples")
   for r in range(rounds_before):
     server, states, _ = runner(server, states, exp.data, train.selection_for(exp, r))
   messages = {}
   for name in exp.cohorts:
-    client_round = jax.jit(execution.make_client_round(exp.algorithm.cohorts[name], exp.batch_fns[name],
-                                                       exp.plans[name], True))
     data = exp.data[name]
     for i in range(len(exp.cohorts[name])):
-      take = lambda t, i=i: jax.tree.map(lambda x: x[i], t)
-      _, message, _ = client_round(server, take(states[name]), take(data.arrays), data.counts[i], data.steps[i],
-                                   data.client_ids[i])
+      _, message, _ = runner.client_program(name)(server, states[name], data, i)
       messages[int(data.client_ids[i])] = (name, message["delta"])
-  return server, messages
+  return server, messages, (runner, states, exp)
 
 
 def test_relation_matching_changes_only_the_unlabeled_clients():
   keep_all = dict(warmup_rounds=0, confidence=0.0)  # every sample enters the local DRM (2.0 nats > log 4)
-  server_on, with_irm = _round_messages(tiny_fedirm_config(**keep_all), rounds_before=1)
-  server_off, without = _round_messages(tiny_fedirm_config(relation_weight=0.0, **keep_all), rounds_before=1)
+  server_on, with_irm, _ = _round_messages(tiny_fedirm_config(**keep_all), rounds_before=1)
+  server_off, without, _ = _round_messages(tiny_fedirm_config(relation_weight=0.0, **keep_all), rounds_before=1)
   assert float(server_on.extra["drm_ready"]) == 1.0  # round 1's labeled clients sent a DRM
   for a, b in zip(jax.tree.leaves(server_on.params), jax.tree.leaves(server_off.params)):
     np.testing.assert_array_equal(a, b)  # no target yet in round 1: both runs are identical so far
@@ -266,6 +263,7 @@ def test_every_mode_trains_two_rounds_to_finite_metrics(mode, tmp_path):
   assert len(rows[1]["server"]["drm"]) == 4  # the server's relation matrix, C x C
 
 
+@pytest.mark.slow
 def test_strategies_agree_with_two_cohorts_and_warmup():
   results = {}
   for strategy in ("sequential", "stepwise", "vmap"):
@@ -300,7 +298,7 @@ def test_a_round_keeps_the_state_types_so_round_two_does_not_compile_again():
   """The server's initial relation matrix was weakly typed: every run compiled its whole round twice."""
   exp = experiment.build(tiny_fedirm_config(warmup_rounds=0))
   server, clients = experiment.initial_state(exp)
-  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=1,
                                  weighting="num_examples")
   after = runner(server, clients, exp.data, train.selection_for(exp, None))[:2]
   describe = lambda tree: [(x.dtype, x.shape, x.weak_type) for x in jax.tree.leaves(tree)]
@@ -318,13 +316,8 @@ def test_zero_update_dilutes_the_labeled_updates_exactly_as_fedirm():
   batch statistics), the labeled clients send what they send under FedIRM, and the server's new model is the
   global one plus the sample-weighted mean over ALL clients in which the unlabeled deltas are 0."""
   config = tiny_fedirm_config("zero_update")  # warm-up: round 1 labeled only, round 2 both cohorts
-  exp = experiment.build(config)
-  server, states = experiment.initial_state(exp)
-  runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
-                                 weighting="num_examples")
-  server, states, _ = runner(server, states, exp.data, train.selection_for(exp, 0))
-  _, fedirm_messages = _round_messages(tiny_fedirm_config("fedirm"), rounds_before=1)
-  _, messages = _round_messages(config, rounds_before=1)
+  _, fedirm_messages, _ = _round_messages(tiny_fedirm_config("fedirm"), rounds_before=1)
+  server, messages, (runner, states, exp) = _round_messages(config, rounds_before=1)
   counts = {int(c): float(n) for name in exp.cohorts
             for c, n in zip(exp.data[name].client_ids, exp.data[name].counts)}
   expected = jax.tree.map(jnp.zeros_like, server.params)
@@ -373,7 +366,7 @@ def test_prior_adjusted_drm_counts_the_labels_and_changes_only_later_targets():
     config = tiny_fedirm_config(drm_prior=mode)
     exp = experiment.build(config)
     server, states = experiment.initial_state(exp)
-    runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=True,
+    runner = execution.RoundRunner(exp.algorithm, exp.batch_fns, exp.plans, strategy="sequential", unroll=1,
                                    weighting="num_examples")
     after[mode] = []
     for r in range(2):

@@ -85,6 +85,7 @@ def plain_fedavg(task: TorchFedAvgTask, rounds: int) -> list[dict[str, torch.Ten
   return states
 
 
+@pytest.mark.slow
 def test_each_round_is_one_fedavg_round():
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (HERE, REPO, os.environ.get("PYTHONPATH")) if p))
   done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from benchmarks import steps  # noqa: E402
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_complete_report(tmp_path):
   assert steps.main(["--smoke", "--repeats", "2", "--out", str(tmp_path)]) == 0
   result = json.loads((tmp_path / "steps_smoke.json").read_text())

@@ -16,6 +16,7 @@ from fedjax_med import models  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_complete_report(tmp_path):
   # jax:sequential and torch only: the Flower contender (Ray's start-up, ~80 s of this test's 110 s on a quiet
   # machine) is tests/benchmarks/test_flower_sim.py's, and jax:auto's measured pick is tests/test_train.py's

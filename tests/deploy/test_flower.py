@@ -60,7 +60,7 @@ def test_site_and_coordinator_rounds_equal_the_sequential_simulation():
       states[k], reply = trainers[k].train(site_lib.to_arrays(coordinator.server_state), states[k])
       replies.append(reply)
     coordinator.aggregate(replies[::-1])  # arrival order must not matter
-  server, _ = run_rounds(config, "sequential", ROUNDS)
+  server, _ = run_rounds(config, "sequential", ROUNDS, unroll=True)  # as the sites run it
   assert int(coordinator.server_state.round) == ROUNDS
   assert _leaves_max_diff(coordinator.server_state.params, server.params) < 1e-6
 
@@ -210,6 +210,7 @@ def _global_variables(workdir):
     return flax.serialization.msgpack_restore(f.read())
 
 
+@pytest.mark.slow
 def test_server_and_two_site_processes_give_the_simulations_global_model(deployment, tmp_path):
   d = deployment(_overrides(2))
   for k in range(2):
@@ -222,6 +223,7 @@ def test_server_and_two_site_processes_give_the_simulations_global_model(deploym
   assert _leaves_max_diff(_global_variables(d.workdir), _global_variables(str(tmp_path / "sim"))) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_killed_site_is_left_out_until_fewer_than_min_clients_remain(deployment):
   d = deployment(_overrides(3, rounds=3, min_clients=2) + ["--config.checkpoint.every=1"])
   for k in range(3):
@@ -258,6 +260,7 @@ def _control_client(port: int, ca: str, source: str):
   return client
 
 
+@pytest.mark.slow
 def test_only_the_operators_registered_keys_join_each_as_its_own_site(deployment, tmp_path):
   """Issue 22, as an attacker: the admin API refuses other hosts; a key registered by someone else through it (here
   from this host, with only ca.crt) joins Flower but is sent nothing; a registered key claiming another site is

@@ -27,9 +27,9 @@ def _setup(counts=(5, 9, 7), local_steps=3, local_epochs=0.0, server_tx=None):
   return algorithm, {"clients": data}, {"clients": plan}, {"clients": batch_fn}, server, {"clients": clients}
 
 
-def _run(strategy, rounds=2, selection=None, **kw):
+def _run(strategy, rounds=2, selection=None, unroll=True, **kw):
   algorithm, data, plans, batch_fns, server, clients = _setup(**kw)
-  runner = execution.RoundRunner(algorithm, batch_fns, plans, strategy=strategy, unroll=True,
+  runner = execution.RoundRunner(algorithm, batch_fns, plans, strategy=strategy, unroll=unroll,
                                  weighting="num_examples")
   for r in range(rounds):
     sel = {"clients": np.arange(3) if selection is None else selection[r]}
@@ -50,6 +50,16 @@ def test_every_strategy_gives_the_same_parameters_after_two_rounds(kw):
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), results["sequential"],
                                        _setup()[4].params))
   assert max(float(m) for m in moved) > 1e-4  # training did something
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "vmap"])
+def test_every_scan_unroll_gives_the_same_parameters(strategy):
+  """The local-step scan fully unrolled (the CPU default), rolled (elsewhere, and the tests' run_rounds) or
+  partly unrolled: the same numbers, here with ragged steps (2, 3 and 2), where masked steps are inside the scan."""
+  results = {u: _run(strategy, unroll=u, local_epochs=1.0, local_steps=0)[0].params for u in (True, 1, 2)}
+  for unroll in (1, 2):
+    for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[unroll])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"unroll={unroll}")
 
 
 def test_round_counter_and_ragged_steps():

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO
 
 SCRIPT = textwrap.dedent("""
@@ -35,6 +37,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_round_on_four_devices_equals_the_single_device_run():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   proc = subprocess.run([sys.executable, "-c", SCRIPT.format(repo=REPO)], capture_output=True, text=True,
@@ -68,6 +71,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_client_axis_and_equal_one_process(tmp_path):
   import jax
   import numpy as np
@@ -105,6 +109,7 @@ CONFIG_FILE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_main_py_over_two_processes_writes_one_run_equal_to_one_process(tmp_path):
   """``python main.py`` with the FEDJAX_MED_* variables on two processes (two CPU devices each): one metrics
   file, results and final model written once, equal to the single-process run's."""
