@@ -25,12 +25,6 @@ if "FEDJAX_MED_COMPILATION_CACHE" not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(items):
-  """Slow tests first (stable order otherwise): pytest-xdist hands tests out in this order, so the longest start
-  while the short ones are still queued to fill the workers' idle time at the end."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def tiny_overrides() -> list[str]:
   """Command-line overrides that shrink configs/fedavg.py to a seconds-long run."""
   return ["--config.data.synthetic.patients_per_site=5", "--config.data.synthetic.image_size=16",

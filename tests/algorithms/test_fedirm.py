@@ -98,11 +98,14 @@ def test_head_only_mc_pass_equals_a_whole_network_train_mode_pass():
   model = DenseNet(num_classes=3, growth_rate=4, block_config=(1, 1), num_init_features=8, stem="small", dropout=0.5)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
   x = jax.random.normal(jax.random.PRNGKey(1), (5, 8, 8, 3))
-  features = model.apply(variables, x, train=True, mutable=["batch_stats"], method="backbone")[0]
+  features = jax.jit(lambda: model.apply(variables, x, train=True, mutable=["batch_stats"], method="backbone")[0])()
+  whole_pass = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
+                                               mutable=["batch_stats"]))
+  head_pass = jax.jit(lambda key: fedirm._head(model, variables["params"], features, key))  # one compile each
   for seed in range(3):
     key = jax.random.PRNGKey(10 + seed)
-    whole, _ = model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-    head = fedirm._head(model, variables["params"], features, key)
+    whole, _ = whole_pass(key)
+    head = head_pass(key)
     np.testing.assert_allclose(head, whole["logits"], rtol=1e-5, atol=1e-6)
 
 
@@ -133,6 +136,7 @@ def test_views_in_one_pass_equal_sequential_passes(views):
     outs, new = fedirm._forward_views(model, params, state, images, keys)
     return outs["logits"], new
 
+  sequential, batched = jax.jit(sequential), jax.jit(batched)  # one compile each, not one per eager op
   loss = lambda fn: lambda p: jnp.sum(jnp.sin(fn(p)[0]))
   (want, want_state), (got, got_state) = sequential(params), batched(params)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -44,7 +44,7 @@ def _run(strategy, rounds=2, selection=None, unroll=True, **kw):
 ], ids=["steps", "epochs", "partial"])
 def test_every_strategy_gives_the_same_parameters_after_two_rounds(kw):
   results = {s: _run(s, **kw)[0].params for s in execution.STRATEGIES}
-  for strategy in ("vmap", "unrolled"):
+  for strategy in sorted(set(execution.STRATEGIES) - {"sequential"}):  # every other strategy against sequential
     for a, b in zip(jax.tree.leaves(results["sequential"]), jax.tree.leaves(results[strategy])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=strategy)
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), results["sequential"],

@@ -35,8 +35,8 @@ def test_classifier_contract_and_head_alone_equals_full_forward():
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 def test_unet_shapes_for_each_norm(norm):
   model = models.get_model("unet", 4, widths=(4, 8, 8), norm=norm, group_norm_groups=2, upsample="bilinear")
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (16, 16, 1))
-  out = model.apply(variables, jnp.ones((2, 16, 16, 1)), train=False)
+  x = jnp.ones((2, 16, 16, 1))
+  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False))
   assert out["logits"].shape == (2, 16, 16, 4) and out["features"].shape == (2, 4, 4, 8)
 
 
