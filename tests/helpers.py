@@ -33,9 +33,9 @@ def toy_client(seed: int, count: int) -> PreparedDataset:
 def run_rounds(config, strategy: str, rounds: int, unroll: int | bool = 1):
   """Builds ``config``'s experiment and runs ``rounds`` rounds with ``strategy``; returns (server, client states).
 
-  ``unroll=1`` (a rolled local-step scan) compiles one step body instead of one per local step: the programs the
-  tests compare compile in about two thirds of the time. tests/engine/test_execution.py checks that every unroll
-  gives the same numbers."""
+  ``unroll=1`` (a rolled local-step scan) compiles one step body instead of one per local step: two FedIRM rounds
+  took 0.69x (sequential) and 0.78x (vmap) the time of ``unroll=True``, mostly compilation. tests/engine/
+  test_execution.py checks that every unroll gives the same numbers."""
   from fedjax_med import experiment, train
   from fedjax_med.engine import execution
 
