@@ -185,9 +185,10 @@ def plot_saliency(workdir: str, path: str, count: int = 6) -> str:
   images, masks = data.arrays["images"], data.arrays["masks"]
   chosen = _typical_lesions(masks, count)
   x = normalize(images[chosen], tuple(config.data.mean), tuple(config.data.std))
-  sal = np.asarray(saliency(exp.model, variables, x))[..., 0]
-  class_probs = np.asarray(exp.task.predict_fn(variables, x))
-  seg = np.asarray(exp.task.predict_seg_fn(variables, x)).argmax(-1)
+  # one compiled program, not the model op by op
+  sal, class_probs, seg = jax.device_get(jax.jit(lambda v, x: (
+      saliency(exp.model, v, x)[..., 0], exp.task.predict_fn(v, x), exp.task.predict_seg_fn(v, x).argmax(-1)))(
+          variables, x))
   names = exp.meta.get("class_names") or [str(k) for k in range(exp.meta["num_classes"])]
   same_dataset = exp.cls_eval_dataset is None  # with a second classification dataset the true class is unknown
   fig, axes = plt.subplots(len(chosen), 4, figsize=(8.8, 2.2 * len(chosen)), squeeze=False)

@@ -1,8 +1,10 @@
 """Results table from run directories: ``python -m fedjax_med.report DIR [DIR ...] [--metrics m1 m2 ...]``.
 
-One markdown row per workdir: its final evaluation metrics (from ``results.json``), the rounds, the
-training seconds summed over ``metrics.jsonl`` (compilation included, evaluation excluded) and the
-strategy. With ``--over-seeds``, workdirs named ``<run>_s<seed>`` are grouped into one row per ``<run>``:
+One markdown row per workdir: its final evaluation metrics (from ``results.json``), the rounds, the training
+seconds summed over ``metrics.jsonl`` (compilation included, evaluation excluded) and the strategy. With
+``--round N`` the row holds the evaluation logged at round N instead (``metrics.jsonl``) and the training seconds
+of rounds 1..N: runs of different lengths, or one run extended by resuming with a larger ``num_rounds``, compared
+at equal budgets. With ``--over-seeds``, workdirs named ``<run>_s<seed>`` are grouped into one row per ``<run>``:
 mean ± sample standard deviation (ddof=1) of each metric over the seeds, and the mean training time. With
 ``--paired-baseline RUN`` (and ``--over-seeds``) a second table gives, for every other run, the mean over the seeds
 both ran of the per-seed difference ``run - RUN`` and its 95 % confidence interval (Student's t with n - 1 degrees
@@ -22,16 +24,26 @@ import numpy as np
 from fedjax_med.logging_utils import read_metrics
 
 
-def run_row(workdir: str, metric_names: list[str]) -> dict:
+def run_row(workdir: str, metric_names: list[str], round_num: int | None = None) -> dict:
+  """One run's metrics: the final evaluation, or with ``round_num`` the evaluation logged at that round."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: has the run in {workdir} finished?")
   with open(path) as f:
     results = json.load(f)
-  seconds = sum(r.get("seconds", 0.0) for r in read_metrics(workdir))
-  values = {m: results["eval"].get(m) for m in metric_names}
-  skipped = sum(1 for r in read_metrics(workdir) if r.get("excluded"))  # also for runs older than the results key
-  return {"run": os.path.basename(os.path.normpath(workdir)), "rounds": results["rounds"], "train_s": seconds,
+  logged = read_metrics(workdir)
+  rounds, evaluation = results["rounds"], results["eval"]
+  if round_num is not None:
+    evaluated = {r["round"]: r["eval"] for r in logged if "eval" in r}
+    if round_num not in evaluated:
+      raise ValueError(f"{os.path.join(workdir, 'metrics.jsonl')} has no evaluation at round {round_num}; "
+                       f"evaluated rounds: {sorted(evaluated)}")
+    rounds, evaluation = round_num, evaluated[round_num]
+    logged = [r for r in logged if r["round"] <= round_num]
+  seconds = sum(r.get("seconds", 0.0) for r in logged)
+  values = {m: evaluation.get(m) for m in metric_names}
+  skipped = sum(1 for r in logged if r.get("excluded"))  # also for runs older than the results key
+  return {"run": os.path.basename(os.path.normpath(workdir)), "rounds": rounds, "train_s": seconds,
           "strategy": results["strategy"], "skipped_rounds": skipped, **values}
 
 
@@ -135,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--over-seeds", action="store_true", help="one row per <run>_s<seed> group: mean ± std")
   parser.add_argument("--paired-baseline", default="",
                       help="with --over-seeds: the run whose seeds the others are paired with (difference, 95 %% CI)")
+  parser.add_argument("--round", type=int, default=None,
+                      help="the evaluation logged at this round (metrics.jsonl) instead of the final one")
   args = parser.parse_args(argv)
   try:
     if args.paired_baseline and not args.over_seeds:
       raise ValueError("--paired-baseline needs --over-seeds")
-    rows = [run_row(w, args.metrics) for w in args.workdirs]
+    rows = [run_row(w, args.metrics, args.round) for w in args.workdirs]
     table = markdown_over_seeds(rows, args.metrics) if args.over_seeds else markdown(rows, args.metrics)
     if args.paired_baseline:
       table += "\n\n" + markdown_paired(rows, args.metrics, args.paired_baseline)

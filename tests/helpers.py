@@ -49,11 +49,13 @@ def run_rounds(config, strategy: str, rounds: int, unroll: int | bool = 1):
 
 
 def short_run(config, rounds: int = 2):
-  """``config`` set to ``rounds`` sequential rounds, evaluated and checkpointed at the end, quiet logs."""
+  """``config`` set to ``rounds`` sequential rounds (a rolled local-step scan: one compiled step body), evaluated
+  and checkpointed at the end, quiet logs."""
   config.num_rounds = rounds
   config.eval.every = rounds
   config.checkpoint.every = rounds
   config.execution.strategy = "sequential"
+  config.execution.scan_unroll = 1
   config.log.progress = False
   config.log.tensorboard = False
   return config

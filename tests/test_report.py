@@ -116,3 +116,16 @@ def test_paired_baseline_gives_the_mean_difference_and_a_t_interval(tmp_path, ca
   assert "| one | +0.0500 (1 pair, no CI) | 1 |" in out
   assert report.main([*dirs, "--metrics", "macro_auroc", "--paired-baseline", "base"]) == 2
   assert report.main([*dirs, "--metrics", "macro_auroc", "--over-seeds", "--paired-baseline", "nope"]) == 2
+
+
+def test_round_reads_the_evaluation_logged_at_that_round(tmp_path, capsys):
+  workdir = _fake_run(tmp_path, "long_s0", 0.9, seconds=(1.0, 2.0, 4.0))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:  # evaluated at rounds 2 and 3
+    for r, (s, auroc) in enumerate([(1.0, None), (2.0, 0.6), (4.0, 0.9)], start=1):
+      f.write(json.dumps({"round": r, "seconds": s, **({"eval": {"macro_auroc": auroc}} if auroc else {})}) + "\n")
+  assert report.main([workdir, "--metrics", "macro_auroc", "--round", "2"]) == 0
+  assert "| long_s0 | 0.6000 | 2 | 0 | 3 | stepwise |" in capsys.readouterr().out  # seconds of rounds 1-2
+  assert report.main([workdir, "--metrics", "macro_auroc"]) == 0
+  assert "| long_s0 | 0.9000 | 3 | 0 | 7 | stepwise |" in capsys.readouterr().out
+  assert report.main([workdir, "--metrics", "macro_auroc", "--round", "1"]) == 2
+  assert "no evaluation at round 1; evaluated rounds: [2, 3]" in capsys.readouterr().err

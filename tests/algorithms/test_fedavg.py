@@ -22,7 +22,7 @@ from fedjax_med.engine.types import FederatedAlgorithm
 from tests.helpers import TinyConvNet, toy_client
 
 
-def _setup(algorithm_fn, counts=(5, 9, 7), cohorts=None):
+def _setup(algorithm_fn, counts=(5, 9, 7), cohorts=None, steps=3):
   model = TinyConvNet()
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
   task = tasks.classification(model)
@@ -30,7 +30,7 @@ def _setup(algorithm_fn, counts=(5, 9, 7), cohorts=None):
   cohorts = cohorts or {name: list(range(len(counts))) for name in algorithm.cohorts}
   data, plans, states = {}, {}, {}
   for name, ids in cohorts.items():
-    data[name], plans[name] = cohort_data([toy_client(i, counts[i]) for i in ids], ids, 4, 3, 0.0)
+    data[name], plans[name] = cohort_data([toy_client(i, counts[i]) for i in ids], ids, 4, steps, 0.0)
     per = [algorithm.cohorts[name].client_init(variables, None) for _ in ids]
     states[name] = jax.tree.map(lambda *x: jnp.stack(x), *per)
   batch_fn = image_batch_fn((0.5,), (0.25,), flips=False)
@@ -62,12 +62,24 @@ def test_server_adam_applies_optax_adam_to_the_mean_pseudo_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_fedprox_term_keeps_local_models_near_the_global_one():
-  def distance(mu):
-    setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.sgd(0.5), optax.sgd(1.0), v, prox_mu=mu))
-    server, _, _ = _round("sequential", setup)
-    return float(optax.tree.norm(jax.tree.map(jnp.subtract, server.params["params"], setup[4].params["params"])))
-  assert distance(1.5) < 0.8 * distance(0.0)  # lr * mu = 0.75 keeps the proximal pull stable
+def test_fedprox_adds_mu_times_the_drift_to_each_local_gradient():
+  """One client, local SGD, server SGD at lr 1 (the new global model is the local one). The first local step has
+  no proximal pull (w1 = w0 - lr g(w0) for every mu); the second adds lr mu (w1 - w0) to the plain step, on the
+  same batch: w2(mu) = w2(0) - lr mu (w1 - w0)."""
+  lr, mu = 0.1, 3.0
+
+  def local_model(prox_mu, steps):
+    setup = _setup(lambda t, v: fedavg(t.loss_fn, optax.sgd(lr), optax.sgd(1.0), v, prox_mu=prox_mu), counts=(9,),
+                   steps=steps)
+    return setup[4].params["params"], _round("sequential", setup)[0].params["params"]
+
+  w0, w1 = local_model(mu, 1)
+  _, w2_plain = local_model(0.0, 2)
+  _, w2_prox = local_model(mu, 2)
+  expected = jax.tree.map(lambda plain, a, b: plain - lr * mu * (a - b), w2_plain, w1, w0)
+  for got, want in zip(jax.tree.leaves(w2_prox), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert float(optax.tree.norm(jax.tree.map(jnp.subtract, w2_prox, w2_plain))) > 1e-3  # the pull is not nothing
 
 
 def test_fedbn_and_personal_layers_stay_local():
