@@ -52,6 +52,9 @@ def fedicra_algorithm() -> ml_collections.ConfigDict:
   algo.tree_weight = 0.1  # official tree_loss_weight
   algo.tree_low_sigma = 0.02  # image tree: w = exp(-d^2 / 0.02)
   algo.tree_high_sigma = 1.0  # aux-feature trees: w = exp(-d^2)
+  # official: a grayscale image is repeated to 3 channels for the image tree (FAZ), so w = exp(-3 d^2 / 0.02); 1 = our
+  # runs before 2026-12-04 (w = exp(-d^2 / 0.02): a 3x wider filter, docs/results/fedicra_acdc.md)
+  algo.tree_gray_channels = 3
   algo.lc_weight = 1.0  # README command's alpha (argparse default 0.5)
   algo.lc_gradient = False  # official b0dc5a4b: under no_grad (True = 7f1c4c9e; measured worse, see docstring)
   algo.ala_steps = 2  # batches of ALA weight learning per round (official: one pass over the train loader)

@@ -63,6 +63,7 @@ class Hyper:
   tree_weight: float = 0.1
   tree_low_sigma: float = 0.02
   tree_high_sigma: float = 1.0
+  tree_gray_channels: int = 3
   lc_weight: float = 1.0
   lc_gradient: bool = False
   ala_steps: int = 2
@@ -80,6 +81,8 @@ class Hyper:
       raise ValueError(f"FedICRA needs at least 2 sites for its site contrastive term; got {self.num_sites}")
     if min(self.ala_steps, self.head_steps, self.body_steps) < 0 or self.head_steps + self.body_steps == 0:
       raise ValueError("config.algorithm.ala_steps, head_steps, body_steps must be >= 0 with some training steps")
+    if self.tree_gray_channels < 1:
+      raise ValueError(f"config.algorithm.tree_gray_channels must be >= 1; got {self.tree_gray_channels}")
     if not self.joint and not self.head_steps:
       raise ValueError("config.algorithm.head_steps=0 with joint=False never trains the output layer; set "
                        "joint=True (the body steps train every parameter) or head_steps > 0")
@@ -99,6 +102,17 @@ def unit_images(images: jax.Array, hp: Hyper) -> jax.Array:
   return images * jnp.asarray(hp.image_std, images.dtype) + jnp.asarray(hp.image_mean, images.dtype)
 
 
+def tree_image(image: jax.Array, hp: Hyper) -> jax.Array:
+  """The image tree's features ``[B, H, W, K]``: a one-channel image repeated ``tree_gray_channels`` times.
+
+  The official code repeats its grayscale (FAZ) images to three channels before the tree energy loss, which
+  triples every squared distance: ``w = exp(-3 d^2 / sigma)``. Colour images are used as they are.
+  """
+  if image.shape[-1] != 1:
+    return image
+  return jnp.repeat(image, hp.tree_gray_channels, axis=-1)
+
+
 def site_contrast(gate: jax.Array, gates_all: jax.Array, onehot: jax.Array, gradient: bool) -> jax.Array:
   """``-1/(K-1) sum_{k != own} mean_{B,F} (gate - stopgrad(gate_k))^2``; gate ``[B, F]``, gates_all ``[B, K, F]``."""
   others = jax.lax.stop_gradient(gates_all)
@@ -115,7 +129,8 @@ def weak_losses(outputs: dict, batch: dict, onehot: jax.Array, hp: Hyper) -> tup
                                      hp.crf_sigma_xy, hp.crf_sigma_rgb)
   if hp.tree_weight:
     probs = jax.nn.softmax(logits, axis=-1)
-    filtered = tree_filter.multiscale_tree_filter(probs, image, outputs["aux"], hp.tree_low_sigma, hp.tree_high_sigma)
+    filtered = tree_filter.multiscale_tree_filter(probs, tree_image(image, hp), outputs["aux"], hp.tree_low_sigma,
+                                                  hp.tree_high_sigma)
     unannotated = (labels == hp.ignore_index).astype(probs.dtype)
     parts["tree"] = tree_filter.tree_energy_loss(probs, filtered, unannotated)
     total = total + hp.tree_weight * parts["tree"]
