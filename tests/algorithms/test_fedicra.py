@@ -147,7 +147,7 @@ def test_an_ala_step_moves_w_by_the_gradient_times_the_global_minus_local_gap():
 
 
 @pytest.mark.parametrize("mode", ["fedicra", "fedbn", "local", "full"])
-def test_modes_run_and_report_per_site(mode, tmp_path):
+def test_modes_run_and_report_per_site(mode, tmp_path, capsys):
   config = tiny_config(mode)
   summary = train.run(config, str(tmp_path / mode))
   sites = [f"site{i}" for i in range(5)]
@@ -170,6 +170,14 @@ def test_modes_run_and_report_per_site(mode, tmp_path):
     assert plot.main([str(tmp_path / mode), "--site-overlays", "1", "--weak-labels", "1"]) == 0
     assert (tmp_path / mode / "site_predictions.png").stat().st_size > 5000
     assert (tmp_path / mode / "weak_labels.png").stat().st_size > 5000
+    from fedjax_med import tree_target
+    from tests.test_tree_target import rows_of
+
+    capsys.readouterr()
+    assert tree_target.main(["--workdir", str(tmp_path / mode), "--sigmas", "0.02"]) == 0
+    rows = rows_of(capsys.readouterr().out)  # the site models, their image-tree target and the run's loss target
+    assert list(rows) == ["model", "image tree, sigma=0.02", "the run's loss target"]
+    assert all(len(v) == 2 and all(0.0 <= x <= 1.0 for x in v) for v in rows.values())
 
 
 @pytest.mark.slow
