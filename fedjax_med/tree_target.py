@@ -26,24 +26,22 @@ import ml_collections
 import numpy as np
 
 from fedjax_med.data.format import DatasetError
+from fedjax_med.metrics.classification import confusion_matrix
 
 DEFAULT_SIGMAS = (0.001, 0.002, 0.02 / 3, 0.02)
 BATCH = 48  # slices filtered together (one host MST call)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, where: np.ndarray, num_classes: int) -> np.ndarray:
-  """``[C, 3]`` true positives, false positives, false negatives per class over the pixels where ``where``."""
-  out = np.zeros((num_classes, 3))
-  for k in range(num_classes):
-    p, t = (pred == k) & where, (truth == k) & where
-    out[k] = (p & t).sum(), (p & ~t).sum(), (~p & t).sum()
-  return out
+  """``[C, C]`` counts over the pixels where ``where`` (rows = true class, columns = predicted)."""
+  return confusion_matrix(np.asarray(pred)[where], np.asarray(truth)[where], num_classes)
 
 
 def dice_of(counts: np.ndarray) -> np.ndarray:
-  """Per-class Dice ``2 tp / (2 tp + fp + fn)`` of ``[C, 3]`` counts (0 where a class is absent and not predicted)."""
-  tp, fp, fn = counts.T
-  return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+  """Per-class Dice ``2 tp / (2 tp + fp + fn)`` of a ``[C, C]`` confusion matrix (0 where a class is absent and not
+  predicted)."""
+  tp = np.diag(counts)
+  return 2 * tp / np.maximum(counts.sum(0) + counts.sum(1), 1)
 
 
 def image_tree_targets(probs: jax.Array, unit_image: jax.Array, sigmas: tuple[float, ...]) -> dict[str, jax.Array]:
@@ -110,10 +108,9 @@ def model_targets(exp, workdir: str, sigmas: tuple[float, ...]):
     unit = images.astype(jnp.float32) / 255.0
     result = {"model": probs, **image_tree_targets(probs, unit[..., :1], sigmas)}
     if isinstance(outputs, dict) and outputs.get("aux") and "tree_low_sigma" in algo:
-      hp = fedicra.Hyper(num_sites=len(ids), ignore_index=0, image_mean=mean, image_std=std,
-                         tree_gray_channels=algo.get("tree_gray_channels", 1))
       result["the run's loss target"] = tree_filter.multiscale_tree_filter(
-          probs, fedicra.tree_image(unit, hp), outputs["aux"], algo.tree_low_sigma, algo.tree_high_sigma)
+          probs, fedicra.tree_image(unit, algo.tree_gray_channels), outputs["aux"], algo.tree_low_sigma,
+          algo.tree_high_sigma)
     return result
 
   def per_client(client, batch):

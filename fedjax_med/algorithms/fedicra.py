@@ -102,15 +102,15 @@ def unit_images(images: jax.Array, hp: Hyper) -> jax.Array:
   return images * jnp.asarray(hp.image_std, images.dtype) + jnp.asarray(hp.image_mean, images.dtype)
 
 
-def tree_image(image: jax.Array, hp: Hyper) -> jax.Array:
-  """The image tree's features ``[B, H, W, K]``: a one-channel image repeated ``tree_gray_channels`` times.
+def tree_image(image: jax.Array, gray_channels: int) -> jax.Array:
+  """The image tree's features ``[B, H, W, K]``: a one-channel image repeated ``gray_channels`` times.
 
   The official code repeats its grayscale (FAZ) images to three channels before the tree energy loss, which
   triples every squared distance: ``w = exp(-3 d^2 / sigma)``. Colour images are used as they are.
   """
   if image.shape[-1] != 1:
     return image
-  return jnp.repeat(image, hp.tree_gray_channels, axis=-1)
+  return jnp.repeat(image, gray_channels, axis=-1)
 
 
 def site_contrast(gate: jax.Array, gates_all: jax.Array, onehot: jax.Array, gradient: bool) -> jax.Array:
@@ -129,8 +129,8 @@ def weak_losses(outputs: dict, batch: dict, onehot: jax.Array, hp: Hyper) -> tup
                                      hp.crf_sigma_xy, hp.crf_sigma_rgb)
   if hp.tree_weight:
     probs = jax.nn.softmax(logits, axis=-1)
-    filtered = tree_filter.multiscale_tree_filter(probs, tree_image(image, hp), outputs["aux"], hp.tree_low_sigma,
-                                                  hp.tree_high_sigma)
+    filtered = tree_filter.multiscale_tree_filter(probs, tree_image(image, hp.tree_gray_channels), outputs["aux"],
+                                                  hp.tree_low_sigma, hp.tree_high_sigma)
     unannotated = (labels == hp.ignore_index).astype(probs.dtype)
     parts["tree"] = tree_filter.tree_energy_loss(probs, filtered, unannotated)
     total = total + hp.tree_weight * parts["tree"]

@@ -211,14 +211,14 @@ def test_strategies_agree_the_site_stays_local_and_ala_weights_persist():
 def test_tree_image_repeats_gray_as_the_official_code_which_divides_sigma_by_three():
   from fedjax_med.losses import tree_filter as tf
 
-  hp = fedicra.Hyper(num_sites=2, ignore_index=2, image_mean=(0.5,), image_std=(0.25,))
+  channels = fedicra.Hyper(num_sites=2, ignore_index=2, image_mean=(0.5,), image_std=(0.25,)).tree_gray_channels
   rng = np.random.default_rng(0)
   gray = jnp.asarray(rng.uniform(size=(1, 5, 5, 1)), jnp.float32)
-  assert fedicra.tree_image(gray, hp).shape == (1, 5, 5, 3)
+  assert fedicra.tree_image(gray, channels).shape == (1, 5, 5, 3)
   rgb = jnp.asarray(rng.uniform(size=(1, 5, 5, 3)), jnp.float32)
-  assert fedicra.tree_image(rgb, hp) is rgb
+  assert fedicra.tree_image(rgb, channels) is rgb
   probs = jax.nn.softmax(jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32), axis=-1)
-  three = tf.tree_filter(probs, fedicra.tree_image(gray, hp), tf.spanning_trees(gray), 0.02)
+  three = tf.tree_filter(probs, fedicra.tree_image(gray, channels), tf.spanning_trees(gray), 0.02)
   np.testing.assert_allclose(three, tf.tree_filter(probs, gray, tf.spanning_trees(gray), 0.02 / 3), rtol=1e-5)
   assert float(jnp.abs(three - tf.tree_filter(probs, gray, tf.spanning_trees(gray), 0.02)).max()) > 1e-3
   with pytest.raises(ValueError, match="tree_gray_channels"):
