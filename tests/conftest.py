@@ -72,3 +72,16 @@ def data_root():
   if not root or not os.path.isdir(root):
     pytest.skip("real-data test: set FEDJAX_MED_DATA to the prepared data folder (../shared/data)")
   return root
+
+
+def pytest_configure(config):
+  # xdist hands each worker one test at a time instead of a quarter of the queue at once (its default): with the
+  # slow tests first (below), no worker is left with a queue of long tests while the other idles
+  if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
+    config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(config, items):
+  """The slow tests first (stable: file order otherwise), so that the two xdist workers take the minute-long ones
+  one by one at the start and share out the short ones at the end."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
